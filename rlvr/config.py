@@ -1,0 +1,562 @@
+"""One typed config tree for rlvr: every default lives in the dataclasses below.
+
+Flow: dataclass defaults -> merged with a YAML recipe (nested mapping, only the keys it changes)
+-> merged with dotted command-line overrides `a.b=value`, in order -> typed objects again.
+Unknown keys are an error naming the closest valid key; type errors say what was expected and
+where the value came from; `validate` runs cross-field checks before any model is loaded.
+"""
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import yaml
+
+LOSS_NAMES = ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo")
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DATA_FORMATS = ("auto", "jsonl", "disk", "parquet", "hub")
+LR_SCHEDULES = ("constant", "cosine")
+ANSWER_EXTRACTIONS = ("boxed", "last_number")
+COMMAND_LINE = "command line"  # the source named in errors about `key=value` overrides
+
+
+class ConfigError(ValueError):
+    """A config problem a person has to fix; the message says what, where and how."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # local folder or hub id of the policy model; required
+    dtype: str = "auto"  # auto (bfloat16 if the GPU supports it, else float32) | float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # attention kernel passed to transformers
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    freeze_vision_tower: bool = False  # train only the language model, keep the vision encoder fixed
+    trust_remote_code: bool = False  # allow model code from the hub repository to run
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)  # training data: one path/hub id or a list
+    val_files: list[str] = field(default_factory=list)  # validation data, same forms; empty = none
+    format: str = "auto"  # auto (from the path) | jsonl | disk | parquet | hub
+    question_key: str = "question"  # row column holding the question text
+    answer_key: str = "answer"  # row column holding the reference answer
+    images_key: str = "images"  # row column holding a list of images
+    image_key: str = "image"  # row column holding a single image (used when images_key is absent)
+    id_key: str = "id"  # row column holding the sample id (for logs and errors)
+    source_key: str = "source"  # row column naming the sub-dataset (for per-source metrics)
+    # user-turn text; "{question}" is replaced by the question (use str.replace: the default has "{}")
+    prompt_template: str = (
+        "{question}\n\nThink step by step. Put your final answer, a single number, in \\boxed{}."
+    )
+    system_prompt: str | None = None  # system-turn text; None = no system turn
+    min_pixels: int = 3136  # smallest image area after resizing, pixels
+    max_pixels: int = 1003520  # largest image area after resizing, pixels
+    max_prompt_tokens: int = 2048  # prompt budget, image plus text tokens
+    strict: bool = False  # raise on a malformed row instead of skipping it with a warning
+    shuffle: bool = True  # shuffle training rows each epoch
+    max_rows: int | None = None  # use only the first N rows (debugging); None = all
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8  # G: responses sampled per (image, question)
+    max_new_tokens: int = 1024  # response length cap, tokens
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    top_k: int = 0  # top-k sampling; 0 = off
+    micro_batch_size: int = 32  # sequences per generate call
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str  # import path "module:function"
+    weight: float = 1.0  # multiplier of this function's reward in the total
+
+
+@dataclass
+class RewardConfig:
+    # reward functions, summed with their weights
+    functions: list[RewardFunctionConfig] = field(
+        default_factory=lambda: [RewardFunctionConfig("rlvr.rewards:numeric_reward", 1.0)]
+    )
+    answer_extraction: str = "boxed"  # boxed (last \boxed{...}) | last_number
+    rel_tol: float = 1e-6  # relative tolerance for numeric equality
+    timeout_s: float = 5.0  # per-response reward time limit, seconds
+    num_workers: int = 2  # reward worker processes
+
+
+@dataclass
+class AlgorithmConfig:
+    loss: str = "sapo"  # policy loss, one of LOSS_NAMES
+    aggregation: str | None = None  # token/sequence reduction, one of AGGREGATIONS; None = loss's own
+    tau_pos: float = 1.0  # SAPO gate temperature for positive advantages
+    tau_neg: float = 1.05  # SAPO gate temperature for negative advantages
+    clip_low: float = 0.2  # lower ratio clip epsilon (clipped losses)
+    clip_high: float = 0.28  # upper ratio clip epsilon (clipped losses)
+    log_ratio_clamp: float = 20.0  # clamp on |log ratio| before exp, nats
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference model; 0 = no reference
+    scale_by_std: bool = True  # divide advantages by the group's reward std
+    adv_eps: float = 1e-6  # added to the group std before dividing
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100  # RL steps, one rollout batch each
+    prompts_per_step: int = 8  # prompts per rollout batch (sequences = prompts * group_size)
+    num_minibatches: int = 1  # optimizer steps per rollout batch
+    micro_batch_size: int = 8  # sequences per forward/backward
+    lr: float = 1e-6  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
+    adam_eps: float = 1e-8  # AdamW epsilon
+    lr_schedule: str = "constant"  # constant | cosine (after warmup)
+    warmup_steps: int = 0  # linear warmup, optimizer steps
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    max_grad_norm: float = 1.0  # gradient clipping threshold, L2 norm
+    seed: int = 42  # seed for sampling, shuffling and init
+    logprob_chunk_size: int = 512  # tokens per chunk when computing log-probs
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # save every N RL steps; 0 = only at the end
+    keep_last: int = 2  # number of recent checkpoints kept on disk
+    save_final_model: bool = True  # also save the final model in Hugging Face format
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = False  # log to Weights & Biases
+    project: str = "rlvr"  # wandb project
+    run_name: str | None = None  # wandb run name; None = derived from output_dir
+    tags: list[str] = field(default_factory=list)  # wandb tags
+    group: str | None = None  # wandb group
+    progress_bar: bool = True  # show a progress bar on the main process
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"  # run directory: checkpoints, logs, resolved config
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------- types and keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return rest[0], True
+    return tp, False
+
+
+_SCALAR_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a float", str: "a string"}
+
+
+def _describe(tp: Any) -> str:
+    inner, optional = _optional_inner(tp)
+    if optional:
+        return f"{_describe(inner)} or null"
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if item is str:
+            return "a list of strings (or a single string)"
+        if dataclasses.is_dataclass(item):
+            return f"a list of mappings with keys {[f.name for f in dataclasses.fields(item)]}"
+        return f"a list of {_SCALAR_NAMES[item].split(' ', 1)[1]}s"
+    return _SCALAR_NAMES.get(tp, "a mapping")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _paths(cls: type, prefix: str = "", sections: bool = False) -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        tp, path = _hints(cls)[f.name], _join(prefix, f.name)
+        if dataclasses.is_dataclass(tp):
+            out += ([path] if sections else []) + _paths(tp, path, sections)
+        else:
+            out.append(path)
+    return out
+
+
+def all_keys() -> list[str]:
+    """Every dotted leaf key, e.g. 'trainer.lr' (lists such as 'reward.functions' are leaves)."""
+    return _paths(Config)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists, in field order."""
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _at(where: str, line: int | None) -> str:
+    """Source of one value: 'file.yaml:12' when the YAML loader recorded the line of its key."""
+    return f"{where}:{line}" if line else where
+
+
+def _unknown_key(full: str, name: str, prefix: str, siblings: list[str], where: str) -> ConfigError:
+    every = _paths(Config, sections=True)
+    guesses = [_join(prefix, s) for s in difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)]
+    guesses += difflib.get_close_matches(full, all_keys(), n=3, cutoff=0.85)
+    # the right name under the wrong section, e.g. 'rollout.lr' -> 'trainer.lr'
+    leaf = full.rsplit(".", 1)[-1]
+    guesses += [k for k in every if difflib.SequenceMatcher(None, leaf, k.rsplit(".", 1)[-1]).ratio() >= 0.85]
+    guesses = list(dict.fromkeys(guesses))[:3]
+    msg = f"Unknown config key '{full}' (from {where})."
+    if guesses:
+        return ConfigError(msg + " Did you mean " + " or ".join(f"'{g}'" for g in guesses) + "?")
+    section = f"under '{prefix}'" if prefix else "at the top level"
+    return ConfigError(f"{msg} Valid keys {section}: {', '.join(siblings)}.")
+
+
+def _type_error(key: str, tp: Any, value: Any, where: str, line: int | None) -> ConfigError:
+    got = f"{value!r} ({type(value).__name__})"
+    msg = f"{key}: expected {_describe(tp)}, got {got} from {_at(where, line)}."
+    if value is None:
+        msg += " null is only allowed for optional fields; give a value or drop the key to keep the default."
+    elif isinstance(value, bool):
+        msg += " true/false is not a number here; write the number you mean."
+    return ConfigError(msg)
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str, line: int | None = None) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is lossless.
+
+    `where` names the source (a file or COMMAND_LINE); `line` is the line of the value's key.
+    """
+    inner, optional = _optional_inner(tp)
+    if value is None:
+        if optional:
+            return None
+        raise _type_error(key, tp, value, where, line)
+    if typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
+        if item is str and isinstance(value, str):
+            return [value]  # `train_files: a.jsonl` means a list of one
+        if not isinstance(value, list):
+            raise _type_error(key, tp, value, where, line)
+        return [_coerce(v, item, f"{key}[{i}]", where, line) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(inner):
+        if not isinstance(value, dict):
+            raise _type_error(key, tp, value, where, line)
+        return _build(inner, value, key, where)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if inner is bool and isinstance(value, bool):
+        return value
+    if inner is int and number and isinstance(value, int):
+        return value
+    if inner is float and number:
+        return float(value)
+    if inner is float and isinstance(value, str):
+        try:
+            return float(value)  # PyYAML reads 1e-6 (no dot) as a string
+        except ValueError:
+            pass
+    if inner is str and (isinstance(value, str) or number):
+        return value if isinstance(value, str) else str(value)
+    raise _type_error(key, tp, value, where, line)
+
+
+def _check_keys(cls: type, mapping: dict, prefix: str, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in mapping:
+        if key not in names:
+            full = _join(prefix, str(key))
+            raise _unknown_key(full, str(key), prefix, names, _at(where, getattr(key, "line", None)))
+
+
+def _build(cls: type, mapping: dict, prefix: str, where: str) -> Any:
+    """A fresh `cls` from defaults plus `mapping` (used for list items such as reward functions)."""
+    _check_keys(cls, mapping, prefix, where)
+    kwargs = {str(k): _coerce(v, _hints(cls)[k], _join(prefix, k), where, getattr(k, "line", None))
+              for k, v in mapping.items()}
+    for f in dataclasses.fields(cls):
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and f.name not in kwargs:
+            raise ConfigError(f"{_join(prefix, f.name)} is required but missing (from {where}).")
+    return cls(**kwargs)
+
+
+def _merge(obj: Any, mapping: dict, prefix: str, where: str) -> None:
+    """Merge a nested mapping into the dataclass `obj` in place; sections merge, leaves replace."""
+    _check_keys(type(obj), mapping, prefix, where)
+    for key, value in mapping.items():
+        name, current = str(key), getattr(obj, key)
+        if dataclasses.is_dataclass(current) and value is None:
+            continue  # an empty section (`trainer:` with every child commented out) changes nothing
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _merge(current, value, _join(prefix, name), where)
+        else:
+            line = getattr(key, "line", None)
+            setattr(obj, name, _coerce(value, _hints(type(obj))[name], _join(prefix, name), where, line))
+
+
+# ---------------------------------------------------------------- YAML and the command line
+
+
+class _Key(str):
+    """A mapping key that remembers its line in the YAML file, for error messages."""
+
+    line: int
+
+
+class _Loader(yaml.SafeLoader):
+    path = "<yaml>"
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)  # resolve `<<:` merge keys first
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, str):
+            key = _Key(key)
+            key.line = key_node.start_mark.line + 1
+            if key in out:  # YAML itself would silently keep only the last value
+                first = next(k for k in out if k == key)
+                raise ConfigError(
+                    f"Duplicate key '{key}' in {loader.path}:{key.line} (first at line {first.line}). "
+                    "YAML keeps only the last one, so one of them would be silently ignored; remove one."
+                )
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"Cannot read config file {path!r}: {e.strerror}.") from None
+    loader = _Loader(text)
+    loader.path = path
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML:\n{e}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        return {}  # an empty recipe changes nothing
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must be a mapping of sections (e.g. 'trainer:\\n  lr: 1.0e-6'), "
+            f"got {type(data).__name__} at the top level."
+        )
+    return data
+
+
+def _parse_value(raw: str, tp: Any, key: str) -> Any:
+    """Parse an override's text as YAML; a field of strings keeps the exact text typed."""
+    inner, optional = _optional_inner(tp)
+    stringy = inner is str or inner == list[str]
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        if stringy:
+            return raw
+        raise ConfigError(f"{key}: cannot parse {raw!r} from {COMMAND_LINE} as a YAML value ({e}).") from None
+    if stringy and not isinstance(value, (str, list)) and not (value is None and optional):
+        return raw  # model.name_or_path=123 means the string "123"
+    return value
+
+
+def _apply_override(cfg: Config, text: str) -> None:
+    key, eq, raw = text.partition("=")
+    key, parts = key.strip(), key.strip().split(".")
+    if not eq or not all(parts):
+        raise ConfigError(
+            f"Malformed override {text!r}: expected key=value with a dotted key, "
+            "e.g. trainer.lr=1e-6 or data.train_files=[a.jsonl,b.jsonl]."
+        )
+    obj, prefix = cfg, ""
+    for i, name in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if name not in names:
+            raise _unknown_key(key, name, prefix, names, COMMAND_LINE)
+        tp, path = _hints(type(obj))[name], _join(prefix, name)
+        if i == len(parts) - 1:
+            break
+        if not dataclasses.is_dataclass(getattr(obj, name)):
+            raise ConfigError(
+                f"Cannot set '{key}' from {COMMAND_LINE}: '{path}' is {_describe(tp)}, not a section. "
+                f"Set it whole instead, e.g. {path}=<value>."
+            )
+        obj, prefix = getattr(obj, name), path
+    value, current = _parse_value(raw, tp, key), getattr(obj, name)
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        _merge(current, value, key, COMMAND_LINE)
+    else:
+        setattr(obj, name, _coerce(value, tp, key, COMMAND_LINE))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then each `key=value` override in order.
+
+    Does not call `validate`; entry points call it after loading.
+    """
+    cfg = Config()
+    if path is not None:
+        _merge(cfg, _read_yaml(os.fspath(path)), "", os.fspath(path))
+    for text in overrides:
+        _apply_override(cfg, text)
+    return cfg
+
+
+def parse_cli(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Split argv into (`--config PATH` or None, [key=value overrides])."""
+    path, overrides, args = None, [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--config" or arg.startswith("--config="):
+            if path is not None:
+                raise ConfigError("--config was given twice; pass one recipe and change the rest with key=value.")
+            if arg == "--config" and (not args or args[0].startswith("-")):
+                raise ConfigError("--config needs a path, e.g. --config recipes/sapo.yaml.")
+            path = args.pop(0) if arg == "--config" else arg.split("=", 1)[1]
+            if not path:
+                raise ConfigError("--config needs a path, e.g. --config=recipes/sapo.yaml.")
+        elif "=" in arg and not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            raise ConfigError(
+                f"Unrecognised command-line argument {arg!r}. Expected --config PATH and key=value "
+                "overrides, e.g. --config recipes/sapo.yaml trainer.lr=1e-6 rollout.group_size=8."
+            )
+    return path, overrides
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, s: str) -> yaml.ScalarNode:
+    # multi-line strings (prompt templates) read best as literal blocks
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.SequenceNode:
+    # short lists of scalars on one line ([0.9, 0.999]); lists of mappings as blocks
+    flat = all(not isinstance(x, (dict, list)) for x in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config (every key, in definition order) as YAML that `load_config` reads back."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    body = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# Resolved rlvr config; rerun with --config {path}\n{body}")
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+
+def _divisors_near(n: int, target: int, k: int = 5) -> list[int]:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return sorted(sorted(divs, key=lambda d: abs(d - target))[:k])
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks, run before any model loads; raises one ConfigError listing every problem."""
+    m, d, r, rw, a, t, c = cfg.model, cfg.data, cfg.rollout, cfg.reward, cfg.algorithm, cfg.trainer, cfg.checkpoint
+    problems: list[str] = []
+
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    def one_of(key: str, value: Any, allowed: tuple) -> None:
+        check(value in allowed, f"{key}={value!r} is not supported; choose one of {', '.join(map(str, allowed))}.")
+
+    check(bool(m.name_or_path.strip()), "model.name_or_path is empty: there is no policy to train. "
+          "Set it to a local folder or hub id, e.g. model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct.")
+    one_of("model.dtype", m.dtype, DTYPES)
+    check(bool(d.train_files) and all(f.strip() for f in d.train_files), "data.train_files is empty: training needs prompts. "
+          "Set it to one file or a list, e.g. data.train_files=[train.jsonl].")
+    one_of("data.format", d.format, DATA_FORMATS)
+    check("{question}" in d.prompt_template, "data.prompt_template has no '{question}' placeholder, so the "
+          "model would never see the question. Add {question} where the question text belongs.")
+    check(1 <= d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} must be >= 1 and <= data.max_pixels="
+          f"{d.max_pixels}: images are resized into that range. Lower min_pixels or raise max_pixels.")
+    check(d.max_prompt_tokens >= 1, f"data.max_prompt_tokens={d.max_prompt_tokens} leaves no room for a prompt; use e.g. 2048.")
+    check(r.group_size >= 2, f"rollout.group_size={r.group_size}: group-normalised advantages compare each response "
+          "with the others for the same prompt, so a group needs at least 2. Set rollout.group_size=2 or more (8 is typical).")
+    check(r.temperature > 0, f"rollout.temperature={r.temperature} must be > 0: the policy loss needs sampled "
+          "responses whose log-probs match the policy; use 1.0.")
+    check(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]; 1.0 turns nucleus sampling off.")
+    check(r.top_k >= 0, f"rollout.top_k={r.top_k} must be >= 0; 0 turns top-k sampling off.")
+    check(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1 so there is a response to reward.")
+    check(r.micro_batch_size >= 1, f"rollout.micro_batch_size={r.micro_batch_size} must be >= 1 (sequences per generate call).")
+    one_of("reward.answer_extraction", rw.answer_extraction, ANSWER_EXTRACTIONS)
+    check(bool(rw.functions), "reward.functions is empty: every response would score 0 and nothing would be learned. "
+          "Add one, e.g. reward.functions=[{name: 'rlvr.rewards:numeric_reward'}].")
+    for i, fn in enumerate(rw.functions):
+        module, sep, func = fn.name.partition(":")
+        check(bool(sep and module.strip() and func.strip()), f"reward.functions[{i}].name={fn.name!r} must be an "
+              "import path 'module:function' so it can be imported, e.g. 'rlvr.rewards:numeric_reward'.")
+    one_of("algorithm.loss", a.loss, LOSS_NAMES)
+    check(a.aggregation is None or a.aggregation in AGGREGATIONS, f"algorithm.aggregation={a.aggregation!r} is not "
+          f"supported; choose one of {', '.join(AGGREGATIONS)}, or null for the loss's own default.")
+    for key, tau in (("algorithm.tau_pos", a.tau_pos), ("algorithm.tau_neg", a.tau_neg)):
+        check(tau > 0, f"{key}={tau} must be > 0: SAPO's gate is sigmoid(tau * (ratio - 1)) * 4 / tau. Use e.g. 1.0.")
+    check(t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be >= 1 (RL steps to run).")
+    check(t.lr >= 0, f"trainer.lr={t.lr} must be >= 0; a negative rate would ascend the loss.")
+    one_of("trainer.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    check(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0 (0 = no warmup).")
+    check(0 <= t.min_lr_ratio <= 1, f"trainer.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (a fraction of trainer.lr).")
+    check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+          f"trainer.adam_betas={t.adam_betas} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+    for key, n in (("trainer.prompts_per_step", t.prompts_per_step), ("trainer.num_minibatches", t.num_minibatches),
+                   ("trainer.micro_batch_size", t.micro_batch_size)):
+        check(n >= 1, f"{key}={n} must be >= 1.")
+    batch = t.prompts_per_step * r.group_size  # sequences per rollout batch
+    if min(t.prompts_per_step, t.num_minibatches, t.micro_batch_size, r.group_size) >= 1:
+        if batch % t.num_minibatches:
+            check(False, f"trainer.num_minibatches={t.num_minibatches} does not divide the rollout batch of "
+                  f"trainer.prompts_per_step * rollout.group_size = {t.prompts_per_step} * {r.group_size} = {batch} "
+                  "sequences, so minibatches would be uneven. Use a divisor of "
+                  f"{batch}, e.g. trainer.num_minibatches in {_divisors_near(batch, t.num_minibatches)}.")
+        elif (mini := batch // t.num_minibatches) % t.micro_batch_size:
+            check(False, f"trainer.micro_batch_size={t.micro_batch_size} does not divide each minibatch of "
+                  f"{batch} / {t.num_minibatches} = {mini} sequences, so gradient accumulation would be uneven. "
+                  f"Use a divisor of {mini}, e.g. trainer.micro_batch_size in {_divisors_near(mini, t.micro_batch_size)}.")
+    check(c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last} must be >= 1, or resuming would find no checkpoint.")
+    check(c.every_steps >= 0, f"checkpoint.every_steps={c.every_steps} must be >= 0 (0 = only at the end).")
+    if problems:
+        lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
+        raise ConfigError(f"Invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")
