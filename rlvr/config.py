@@ -97,8 +97,10 @@ class AlgorithmConfig:
     aggregation: str | None = None  # token/sequence reduction, one of AGGREGATIONS; None = loss's own
     tau_pos: float = 1.0  # SAPO gate temperature for positive advantages
     tau_neg: float = 1.05  # SAPO gate temperature for negative advantages
-    clip_low: float = 0.2  # lower ratio clip epsilon (clipped losses)
-    clip_high: float = 0.28  # upper ratio clip epsilon (clipped losses)
+    # ratio clip epsilons of the clipped losses; None = the loss's own default
+    # (grpo/dr_grpo 0.2/0.2, dapo 0.2/0.28, gspo 3e-4/4e-4, cispo upper 5.0; see rlvr.losses)
+    clip_low: float | None = None  # lower ratio clip epsilon
+    clip_high: float | None = None  # upper ratio clip epsilon
     log_ratio_clamp: float = 20.0  # clamp on |log ratio| before exp, nats
     kl_coef: float = 0.0  # weight of the KL penalty to the reference model; 0 = no reference
     scale_by_std: bool = True  # divide advantages by the group's reward std

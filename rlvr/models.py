@@ -186,3 +186,29 @@ def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
     return {k: batch[k] for k in keys if batch.get(k) is not None}
+
+
+def stop_token_ids(processor, model) -> list[int]:
+    """Tokens that end a response: the end-of-turn token and the model's EOS tokens."""
+    tokenizer = processor.tokenizer
+    ids = []
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        ids.append(end_of_turn)
+    eos = model.generation_config.eos_token_id
+    for i in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id]:
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def never_sample_ids(model) -> list[int]:
+    """Tokens a response must never contain: vision placeholders and markers.
+
+    A sampled ``<|image_pad|>`` would make the training forward look for an image that is
+    not there ("Image features and image tokens do not match"). Random and early models
+    do sample them, so generation suppresses them.
+    """
+    config = model.config
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)]

@@ -1,0 +1,165 @@
+"""Rollout: sample G responses per prompt, keeping what is needed to recompute log-probs exactly.
+
+A prompt is processed once (``encode_prompt``) into unpadded tensors. Generation batches
+left-pad them; training batches lay out ``[prompt | response | right padding]``. Both give
+every token the same 3-D M-RoPE position, because Qwen-VL computes positions over the
+attention mask only, so the log-probs recorded while sampling equal those of the training
+forward (tested in ``tests/test_logprobs.py``).
+
+Sampling uses a fresh ``GenerationConfig`` built from ``rollout.*`` alone: a checkpoint's
+own ``generation_config.json`` (Qwen-VL ships ``top_k=1``, ``repetition_penalty=1.05``)
+would otherwise change the sampling distribution and make the recorded log-probs lie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlvr.config import DataConfig, RolloutConfig
+from rlvr.data import Example, open_image, prompt_text
+from rlvr.models import never_sample_ids
+
+
+@dataclass
+class PromptInputs:
+    """One prompt, processed once and unpadded."""
+
+    input_ids: torch.Tensor  # [P]
+    mm_token_type_ids: torch.Tensor  # [P]; 0 text, 1 image
+    pixel_values: torch.Tensor | None  # [N_patches, D]
+    image_grid_thw: torch.Tensor | None  # [N_images, 3]
+
+
+@dataclass
+class Response:
+    """One sampled response to ``prompt_index`` (an index into the step's prompt list)."""
+
+    prompt_index: int
+    token_ids: torch.Tensor  # [R], up to and including the stop token
+    logprobs: torch.Tensor  # [R], log-probs under the sampling policy (temperature-scaled)
+    finished: bool  # ended with a stop token (False: cut at max_new_tokens)
+    text: str = ""
+
+
+def encode_prompt(example: Example, processor, cfg: DataConfig) -> PromptInputs:
+    text = prompt_text(example, processor, cfg)
+    images = [open_image(ref) for ref in example.images] or None
+    enc = processor(text=[text], images=images, return_tensors="pt")
+    return PromptInputs(
+        input_ids=enc["input_ids"][0],
+        mm_token_type_ids=enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else torch.zeros_like(enc["input_ids"][0]),
+        pixel_values=enc.get("pixel_values"),
+        image_grid_thw=enc.get("image_grid_thw"),
+    )
+
+
+def _cat_vision(prompts: list[PromptInputs]) -> dict[str, torch.Tensor | None]:
+    pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
+    grids = [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
+    return {
+        "pixel_values": torch.cat(pixels) if pixels else None,
+        "image_grid_thw": torch.cat(grids) if grids else None,
+    }
+
+
+def collate_prompts(prompts: list[PromptInputs], pad_id: int) -> dict[str, torch.Tensor | None]:
+    """Left-padded generation batch."""
+    width = max(len(p.input_ids) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # [B, P]
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, P]
+    mm_types = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, P]
+    for i, p in enumerate(prompts):
+        n = len(p.input_ids)
+        input_ids[i, width - n:] = p.input_ids
+        attention_mask[i, width - n:] = 1
+        mm_types[i, width - n:] = p.mm_token_type_ids
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types, **_cat_vision(prompts)}
+
+
+def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor | None]:
+    """Training batch: ``[prompt | response | right padding]`` per row.
+
+    Adds ``response_ids`` [B, R] and ``response_mask`` [B, R] (right-padded), and
+    ``logit_positions`` [B, R]: the sequence index whose output predicts response token t,
+    i.e. ``prompt_len - 1 + t``.
+    """
+    b = len(prompts)
+    width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
+    r_width = max(max(len(r) for r in responses), 1)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)  # [B, L]
+    attention_mask = torch.zeros((b, width), dtype=torch.long)  # [B, L]
+    mm_types = torch.zeros((b, width), dtype=torch.long)  # [B, L]
+    response_ids = torch.full((b, r_width), pad_id, dtype=torch.long)  # [B, R]
+    response_mask = torch.zeros((b, r_width), dtype=torch.float32)  # [B, R]
+    logit_positions = torch.zeros((b, r_width), dtype=torch.long)  # [B, R]
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n, m = len(p.input_ids), len(r)
+        input_ids[i, :n] = p.input_ids
+        input_ids[i, n:n + m] = r
+        attention_mask[i, :n + m] = 1
+        mm_types[i, :n] = p.mm_token_type_ids
+        response_ids[i, :m] = r
+        response_mask[i, :m] = 1.0
+        # Padded response slots point at the last real position; they are masked anyway.
+        logit_positions[i] = (n - 1 + torch.arange(r_width)).clamp(max=n + m - 1)
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
+        **_cat_vision(prompts),
+        "response_ids": response_ids, "response_mask": response_mask, "logit_positions": logit_positions,
+    }
+
+
+def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy: bool = False,
+                    suppress_ids: list[int] | None = None):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=not greedy,
+        temperature=cfg.temperature if not greedy else 1.0,
+        top_p=cfg.top_p if not greedy else 1.0,
+        top_k=cfg.top_k if not greedy else 0,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        repetition_penalty=1.0,
+        suppress_tokens=suppress_ids or None,
+        num_beams=1,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+
+
+@torch.no_grad()
+def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: list[int], pad_id: int,
+             greedy: bool = False) -> list[Response]:
+    """Sample ``cfg.group_size`` responses for each prompt, in micro-batches of ``cfg.micro_batch_size`` rows.
+
+    Returns ``len(prompts) * group_size`` responses, prompt-major (the G responses of prompt 0 first).
+    """
+    rows = [i for i in range(len(prompts)) for _ in range(cfg.group_size)]
+    gen_cfg = sampling_config(cfg, stop_ids, pad_id, greedy, never_sample_ids(model))
+    device = next(model.parameters()).device
+    stop = torch.tensor(stop_ids)
+    out: list[Response] = []
+    for start in range(0, len(rows), cfg.micro_batch_size):
+        chunk = rows[start:start + cfg.micro_batch_size]
+        batch = collate_prompts([prompts[i] for i in chunk], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+        result = model.generate(**batch, generation_config=gen_cfg)
+        new_tokens = result.sequences[:, batch["input_ids"].shape[1]:].cpu()  # [b, T]
+        # Log-prob of each sampled token under the temperature-scaled distribution, one
+        # step at a time so no [b, T, V] tensor is built.
+        logprobs = torch.stack([
+            torch.log_softmax(step_logits.float() / (1.0 if greedy else cfg.temperature), dim=-1)
+            .gather(-1, new_tokens[:, t:t + 1].to(step_logits.device)).squeeze(-1).cpu()
+            for t, step_logits in enumerate(result.logits)
+        ], dim=1)  # [b, T]
+        for row, prompt_index in enumerate(chunk):
+            tokens = new_tokens[row]
+            is_stop = torch.isin(tokens, stop)
+            finished = bool(is_stop.any())
+            length = int(is_stop.nonzero()[0, 0]) + 1 if finished else len(tokens)
+            out.append(Response(prompt_index, tokens[:length].clone(), logprobs[row, :length].clone(), finished))
+    return out

@@ -1,0 +1,131 @@
+"""The policy update: rollout samples -> ``num_minibatches`` optimizer steps, each accumulated over micro-batches.
+
+Reduction is exact under accumulation and data parallelism: every micro-batch's loss is
+divided by the minibatch-wide number of sequences (or tokens, for ``token-mean``) rather
+than its own, so the micro-batch losses sum to the loss of the whole minibatch. Across
+ranks, gradients are averaged, so those counts are the global ones divided by the world size.
+
+Old log-probs: with one minibatch the single update happens at the rollout weights, so
+``old_logprobs = logprobs.detach()`` gives the same values and saves a forward pass; with
+several minibatches they are computed once, before the first optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from rlvr.config import Config
+from rlvr.logprobs import response_logprobs
+from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
+from rlvr.rollout import PromptInputs, Response, collate_sequences
+
+
+def loss_kwargs(cfg: Config) -> dict:
+    """The chosen loss's hyperparameters, taken from ``algorithm.*`` (None = the loss's own default)."""
+    a = cfg.algorithm
+    kwargs = {name: getattr(a, name) for name in loss_hyperparameters(a.loss) if getattr(a, name, None) is not None}
+    kwargs["aggregation"] = a.aggregation or default_aggregation(a.loss)
+    if kwargs["aggregation"] == "seq-mean-token-sum-norm":
+        kwargs["norm_len"] = cfg.rollout.max_new_tokens  # Dr.GRPO: a constant, the generation budget
+    kwargs["kl_coef"] = a.kl_coef
+    return kwargs
+
+
+def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out  # [B, width]
+
+
+class PolicyUpdate:
+    def __init__(self, cfg: Config, accelerator, model, optimizer, scheduler, pad_id: int, ref_model=None):
+        self.cfg, self.accelerator, self.model = cfg, accelerator, model
+        self.optimizer, self.scheduler, self.pad_id, self.ref_model = optimizer, scheduler, pad_id, ref_model
+        self.loss_fn = POLICY_LOSSES[cfg.algorithm.loss]
+        self.loss_kwargs = loss_kwargs(cfg)
+
+    def _batch(self, prompts: list[PromptInputs], responses: list[Response], idx: list[int]) -> dict:
+        batch = collate_sequences([prompts[i] for i in idx], [responses[i].token_ids for i in idx], self.pad_id)
+        device = self.accelerator.device
+        return {k: v.to(device) for k, v in batch.items() if v is not None}
+
+    def _logprobs(self, model, batch: dict, with_entropy: bool = False):
+        return response_logprobs(model, batch, temperature=self.cfg.rollout.temperature,
+                                 chunk_size=self.cfg.trainer.logprob_chunk_size, with_entropy=with_entropy)
+
+    @torch.no_grad()
+    def _precompute(self, model, prompts, responses, micro) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = [None] * len(responses)  # type: ignore[list-item]
+        for idx in micro:
+            lp, _ = self._logprobs(model, self._batch(prompts, responses, idx))
+            for row, i in enumerate(idx):
+                out[i] = lp[row, :len(responses[i].token_ids)].float().cpu()
+        return out
+
+    def _global(self, local: float) -> float:
+        """Global count / world size: the divisor that makes rank-averaged gradients exact."""
+        t = torch.tensor(float(local), device=self.accelerator.device)
+        return (self.accelerator.reduce(t, reduction="sum") / self.accelerator.num_processes).item()
+
+    def run(self, prompts: list[PromptInputs], responses: list[Response], advantages: torch.Tensor,
+            step: int) -> dict[str, float]:
+        """Update the policy on one rollout batch; returns step metrics (floats)."""
+        cfg, acc = self.cfg.trainer, self.accelerator
+        n = len(responses)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)).tolist()
+        mb_size = n // cfg.num_minibatches
+        minibatches = [order[i:i + mb_size] for i in range(0, n, mb_size)]
+        chunk = lambda idx: [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]  # noqa: E731
+        all_micro = [m for mb in minibatches for m in chunk(mb)]
+
+        self.model.train()
+        old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
+        ref = self._precompute(self.ref_model, prompts, responses, all_micro) if self.ref_model is not None else None
+
+        sums: dict[str, float] = defaultdict(float)
+        maxes: dict[str, float] = defaultdict(lambda: float("-inf"))
+        diffs: list[torch.Tensor] = []
+        for mb in minibatches:
+            seqs = self._global(len(mb))
+            tokens = self._global(sum(len(responses[i].token_ids) for i in mb))
+            micro = chunk(mb)
+            for idx in micro:
+                with acc.accumulate(self.model):
+                    batch = self._batch(prompts, responses, idx)
+                    mask = batch["response_mask"]  # [b, R]
+                    logprobs, entropy = self._logprobs(self.model, batch, with_entropy=True)  # [b, R]
+                    width = mask.shape[1]
+                    old_lp = logprobs.detach() if old is None else _pad([old[i] for i in idx], width).to(mask.device)
+                    ref_lp = None if ref is None else _pad([ref[i] for i in idx], width).to(mask.device)
+                    rollout_lp = _pad([responses[i].logprobs for i in idx], width).to(mask.device)
+                    diffs.append(((old_lp.float() - rollout_lp).abs() * mask)[mask.bool()].cpu())
+                    loss, metrics = self.loss_fn(
+                        logprobs.float(), old_lp.float(), advantages[idx].to(mask.device), mask,
+                        ref_logprobs=ref_lp, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
+                        **self.loss_kwargs,
+                    )
+                    # accelerate divides by its accumulation steps; our divisor is already global.
+                    acc.backward(loss * acc.gradient_accumulation_steps)
+                    weight = len(idx) / len(mb) / len(minibatches)
+                    sums["loss"] += loss.item() / len(minibatches)  # micro losses sum to the minibatch loss
+                    for k, v in metrics.items():
+                        if k.endswith("/max"):
+                            maxes[k] = max(maxes[k], float(v))
+                        else:
+                            sums[k] += float(v) * weight
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                        sums["grad_norm"] += float(grad_norm) / len(minibatches)
+                        sums["lr"] = self.scheduler.get_last_lr()[0]
+                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        diff = torch.cat(diffs) if diffs else torch.zeros(1)
+        sums["rollout/logprob_diff_mean"] = diff.mean().item()
+        sums["rollout/logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
+        sums["rollout/logprob_diff_frac_1e-3"] = (diff > 1e-3).float().mean().item()
+        return {**sums, **maxes}

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random models and small generated data. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl"])
+def tiny_model_dir(request, tmp_path_factory) -> str:
+    from rlvr.tools.make_tiny_model import make_tiny_model
+
+    return make_tiny_model(request.param, str(tmp_path_factory.mktemp(request.param)))
+
+
+@pytest.fixture(scope="session")
+def qwen25_dir(tmp_path_factory) -> str:
+    from rlvr.tools.make_tiny_model import make_tiny_model
+
+    return make_tiny_model("qwen2_5_vl", str(tmp_path_factory.mktemp("qwen25")))
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return str(path)
+
+
+def save_image(path, size=(64, 64), colour=(200, 30, 30)) -> str:
+    Image.new("RGB", size, colour).save(path)
+    return str(path)
