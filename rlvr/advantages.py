@@ -26,6 +26,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_by_std: bo
     grouped = rewards.view(-1, group_size).double()  # [P, G]
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [P, G]
     std = grouped.std(dim=1, keepdim=True)  # [P, 1]
-    advantages = centred / (std + eps) if scale_by_std else centred  # [P, G]
+    if scale_by_std:
+        # An all-equal group is 0 already; dividing 0 by (0 + eps) must not turn it into NaN when eps = 0.
+        advantages = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # [P, G]
+    else:
+        advantages = centred
     zero_std = (grouped.max(dim=1).values == grouped.min(dim=1).values).double().mean()
     return advantages.view(-1).to(rewards.dtype), zero_std.to(rewards.dtype)

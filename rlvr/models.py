@@ -1,9 +1,21 @@
 """Loading policies and processors, and everything that differs between model families.
 
-Family-specific code lives here and nowhere else: which processor class a family uses,
-where its vision tower sits, and what the forward pass needs besides ``input_ids``
-(Qwen-VL needs ``mm_token_type_ids`` to place its 3-D M-RoPE positions; see
-``forward_inputs``).
+Family-specific code lives here and nowhere else. Supported: Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL and Qwen3.5 (dense), all through one code path. What differs, and where:
+
+- processor class and vision tower location: ``FAMILIES``;
+- 3-D M-RoPE positions: every family computes them from ``mm_token_type_ids``,
+  ``image_grid_thw`` and ``attention_mask``, so those travel together (``forward_inputs``);
+  Qwen3-VL/3.5 interleave the axes and Qwen3-VL adds DeepStack features, all inside
+  transformers once those inputs are right;
+- Qwen3.5's linear-attention (gated delta net) layers: transformers zeroes left-pad
+  positions before the convolution and the recurrent state (``create_recurrent_attention_mask``),
+  so left-padded generation batches are exact and need nothing here; the pure-torch
+  fallbacks run on CPU. Tested in ``tests/test_logprobs.py`` with a tiny model whose pad
+  embedding is not zero, so a leak would show;
+- multi-process runs: a rank whose micro-batch has no image must still run the vision
+  tower, or ZeRO-3's parameter gathers (and DDP's gradient reduction) wait forever:
+  ``sync_vision_tower_calls``.
 
 The torchvision shim: transformers' Qwen-VL processors insist on a video processor, and
 the video processor needs torchvision. Where torchvision is missing (CPU-only machines
@@ -38,6 +50,8 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "qwen2_vl": Family(processor_class="Qwen2VLProcessor", vision_attr="model.visual"),
     "qwen2_5_vl": Family(processor_class="Qwen2_5_VLProcessor", vision_attr="model.visual"),
+    "qwen3_vl": Family(processor_class="Qwen3VLProcessor", vision_attr="model.visual"),
+    "qwen3_5": Family(processor_class="Qwen3VLProcessor", vision_attr="model.visual"),
 }
 
 
@@ -96,17 +110,31 @@ def _image_only_processor(path: str, model_type: str):
         return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template)
 
 
+def _processor_family(path: str) -> str:
+    """The family of a model or processor folder (or hub id): from its processor_config.json, else config.json."""
+    from transformers import AutoConfig
+
+    processor_file = os.path.join(path, "processor_config.json")
+    if os.path.isfile(processor_file):
+        with open(processor_file, encoding="utf-8") as f:
+            name = json.load(f).get("processor_class")
+        for model_type, family in FAMILIES.items():
+            if family.processor_class == name:
+                return model_type
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in FAMILIES:
+        raise ValueError(f"{path}: model type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return model_type
+
+
 def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None):
     """Load the processor of ``path`` (local folder or hub id), image-only if torchvision is missing."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
     if torchvision_available():
         processor = AutoProcessor.from_pretrained(path)
     else:
-        model_type = AutoConfig.from_pretrained(path).model_type
-        if model_type not in FAMILIES:
-            raise ValueError(f"{path}: model type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
-        processor = _image_only_processor(path, model_type)
+        processor = _image_only_processor(path, _processor_family(path))
     if min_pixels is not None or max_pixels is not None:
         from transformers.image_processing_utils import SizeDict
 
@@ -158,7 +186,76 @@ def load_model(path: str, dtype: str = "auto", attn_implementation: str = "sdpa"
         trust_remote_code=trust_remote_code,
     )
     family_of(model)  # fail early on unsupported families
+    sync_vision_tower_calls(model)
     return model
+
+
+# --------------------------------------------------------------------------- multi-process
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def dummy_vision_inputs(config, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest image the vision tower accepts: one merged patch, all zeros.
+
+    Returns ``pixel_values`` [m*m, C*T*P*P] and ``grid_thw`` [1, 3] = (1, m, m), m the spatial merge size.
+    """
+    v = config.vision_config
+    m = v.spatial_merge_size
+    width = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+    pixels = torch.zeros(m * m, width, device=device, dtype=dtype)  # [m*m, C*T*P*P]
+    grid = torch.tensor([[1, m, m]], device=device, dtype=torch.long)  # [1, 3]
+    return pixels, grid
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict) or hasattr(value, "values"):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _vision_sync_hook(decoder, args, kwargs, output):
+    if _world_size() == 1:
+        return output
+    if any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")):
+        return output
+    cache = kwargs.get("past_key_values")
+    if cache is not None and cache.get_seq_length() > 0:
+        return output  # a decode step: no rank runs the vision tower there
+    hidden = output.last_hidden_state  # [B, L, H]
+    pixels, grid = dummy_vision_inputs(decoder.config, hidden.device, decoder.visual.dtype)
+    vision_out = decoder.visual(pixels, grid_thw=grid)
+    # 0 * (every output): the same parameter gathers forward and backward as a real image,
+    # zero gradients, and not a single changed value.
+    zero = sum(t.float().sum() for t in _tensors(vision_out) if t.is_floating_point()) * 0.0
+    output.last_hidden_state = hidden + zero.to(hidden.dtype)
+    return output
+
+
+def sync_vision_tower_calls(model) -> None:
+    """Make every rank call the vision tower in every forward that could: the ZeRO-3 fix.
+
+    Under ZeRO-3 each module gathers its partitioned parameters with a collective when it
+    runs (and reduce-scatters their gradients in backward). A rank whose micro-batch is
+    text-only skips the vision tower while another rank runs it, and both wait forever.
+    The hook runs the tower on a one-patch dummy image whenever a multi-process forward
+    that starts a sequence (training, or the prefill of generation) has no image, and adds
+    ``0 * sum(outputs)`` to the hidden states so backward reaches every vision parameter
+    too. Single-process runs and decode steps are untouched. Installed by ``load_model``;
+    tested with two ZeRO-3 CPU processes in ``tests/test_families.py``.
+    """
+    decoder, _ = decoder_and_head(model)
+    if not getattr(decoder, "_rlvr_vision_sync", False):
+        decoder.register_forward_hook(_vision_sync_hook, with_kwargs=True)
+        decoder._rlvr_vision_sync = True
 
 
 def vision_tower(model) -> torch.nn.Module:

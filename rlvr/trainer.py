@@ -63,6 +63,10 @@ class Trainer:
 
         self.cfg = cfg
         t = cfg.trainer
+        if os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
+            # Never append to, or overwrite, another run's metrics and checkpoints.
+            raise FileExistsError(f"output_dir {cfg.output_dir} already holds a run (metrics.jsonl); "
+                                  "choose a new output_dir")
         local_seqs = cfg.trainer.prompts_per_step * cfg.rollout.group_size
         self.accelerator = acc = Accelerator(
             gradient_accumulation_steps=local_seqs // t.num_minibatches // t.micro_batch_size,
@@ -156,7 +160,6 @@ class Trainer:
         metrics["time/step_s"] = time.perf_counter() - t0
         metrics["step"] = step + 1
         metrics["epoch"] = self.sampler.epoch
-        self.last_texts = texts
         return metrics
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -165,9 +168,9 @@ class Trainer:
         if acc.num_processes == 1:
             return metrics
         keys = sorted(metrics)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=acc.device)
-        means = acc.reduce(values.clone(), reduction="mean")
-        maxes = acc.reduce(values.clone(), reduction="max") if hasattr(acc, "reduce") else values
+        values = torch.tensor([[metrics[k] for k in keys]], dtype=torch.float64, device=acc.device)  # [1, K]
+        gathered = acc.gather(values)  # [W, K]
+        means, maxes = gathered.mean(0), gathered.max(0).values
         return {k: (maxes[i] if k.endswith("/max") else means[i]).item() for i, k in enumerate(keys)}
 
     # ------------------------------------------------------------------ loop

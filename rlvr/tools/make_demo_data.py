@@ -22,7 +22,7 @@ COLOURS = {
     0: (230, 25, 75), 1: (60, 180, 75), 2: (255, 225, 25), 3: (0, 130, 200), 4: (245, 130, 48),
     5: (145, 30, 180), 6: (70, 240, 240), 7: (240, 50, 230), 8: (128, 128, 128), 9: (0, 0, 0),
 }
-QUESTION = "Each colour stands for a digit. Which digit does the colour of this image stand for?"
+QUESTION = "Which digit does this colour stand for?"
 
 
 def make_split(out: str, split: str, n: int, rng: random.Random, digits: list[int]) -> str:
@@ -32,7 +32,7 @@ def make_split(out: str, split: str, n: int, rng: random.Random, digits: list[in
         for i in range(n):
             digit = digits[i % len(digits)]
             colour = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in COLOURS[digit])
-            size = rng.choice([56, 64, 72, 84])
+            size = rng.choice([112, 120, 128, 140])  # 16 to 25 image tokens
             name = f"images/{split}_{i:05d}.png"
             Image.new("RGB", (size, size), colour).save(os.path.join(out, name))
             row = {"id": f"{split}-{i}", "question": QUESTION, "answer": str(digit), "images": [name],
