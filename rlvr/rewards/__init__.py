@@ -1,0 +1,41 @@
+"""Rewards: the numeric verifier and custom reward loading/combination.
+
+    from rlvr.rewards import numeric_reward, parse_gold, Verifier, RewardComposer
+
+Semantics (what counts as an answer, equivalence, percent rule, isolation) are in
+README_SEMANTICS.md next to this file. Importing this package is cheap: math-verify and
+sympy are only ever imported inside the verifier's worker processes.
+"""
+
+from rlvr.rewards.compose import RewardComposer, RewardFunctionError, load_reward_function
+from rlvr.rewards.extract import EXTRACTION_POLICIES, extract_answer
+from rlvr.rewards.gold import Gold, GoldParseError, parse_gold
+from rlvr.rewards.verifier import (
+    OUTCOMES,
+    Verifier,
+    VerifyResult,
+    configure_default_verifier,
+    default_verifier,
+    numeric_reward,
+    outcome_metrics,
+    verify_batch,
+)
+
+__all__ = [
+    "EXTRACTION_POLICIES",
+    "OUTCOMES",
+    "Gold",
+    "GoldParseError",
+    "RewardComposer",
+    "RewardFunctionError",
+    "Verifier",
+    "VerifyResult",
+    "configure_default_verifier",
+    "default_verifier",
+    "extract_answer",
+    "load_reward_function",
+    "numeric_reward",
+    "outcome_metrics",
+    "parse_gold",
+    "verify_batch",
+]

@@ -1,0 +1,375 @@
+"""The numeric verifier: extraction, exact fast path, isolated math-verify slow path, cache.
+
+    completion --extract--> raw answer --normalise--> text (+ percent flag)
+        -> cache hit?             -> cached verdict
+        -> plain number?          -> exact Fraction comparison           (fast path)
+        -> words / too long / ... -> wrong without math-verify            (fast path)
+        -> otherwise              -> math-verify in a worker process      (slow path)
+
+Semantics are written up in README_SEMANTICS.md. Contract errors (lists of different
+lengths, an unknown extraction policy) raise; nothing that happens while verifying does:
+every failure becomes reward 0 with outcome ``error`` (or ``timeout``), logged once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import re
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Sequence
+
+from rlvr.rewards.extract import EXTRACTION_POLICIES, extract_answer
+from rlvr.rewards.gold import Gold, GoldParseError, parse_gold
+from rlvr.rewards.normalize import NormalizedAnswer, has_stray_words, normalize_answer
+from rlvr.rewards.numbers import (
+    MAX_DEPTH,
+    AnswerRejected,
+    NotPlainNumber,
+    close_enough,
+    gold_candidates,
+    parse_plain_number,
+)
+from rlvr.rewards.pool import Job, WorkerPool
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = ("correct", "wrong", "no_answer", "timeout", "error")
+MAX_ANSWER_CHARS = 2000  # a longer extracted answer is scored wrong, not parsed
+_SHOWN_CHARS = 1000  # VerifyResult.extracted keeps at most this much of the answer
+_LOG_CHARS = 200
+_MAX_LOG_LINES = 100
+_SEVERAL_NUMBERS_RE = re.compile(r"\d\s+\d")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The verdict on one completion.
+
+    reward:    1.0 if correct else 0.0.
+    outcome:   one of OUTCOMES.
+    extracted: the raw final answer found in the completion (truncated), None if none.
+    has_boxed: the completion contains \\boxed or \\fbox.
+    fast_path: decided without math-verify (also true for cache hits of such verdicts).
+    cached:    the verdict came from the cache.
+    detail:    why, in a few words (for the scored output and debugging).
+    """
+
+    reward: float
+    outcome: str
+    extracted: str | None
+    has_boxed: bool
+    fast_path: bool
+    cached: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    outcome: str
+    fast_path: bool
+    detail: str
+
+
+class _LRU:
+    """A thread-safe bounded LRU map; size 0 disables it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        if self.size <= 0:
+            return None
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_logged: set[tuple[str, str, str]] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_once(outcome: str, detail: str, text: str) -> None:
+    """Log a timeout/error once per distinct (failure, input), input truncated; at most
+    100 lines per process, so a run that keeps failing cannot flood the log."""
+    shown = text if len(text) <= _LOG_CHARS else text[:_LOG_CHARS] + f"... [{len(text)} chars]"
+    with _logged_lock:
+        key = (outcome, detail[:_LOG_CHARS], shown)
+        if key in _logged or len(_logged) > _MAX_LOG_LINES:
+            return
+        _logged.add(key)
+        last = len(_logged) > _MAX_LOG_LINES
+    logger.warning("verifier %s (reward 0): %s; input %r", outcome, detail, shown)
+    if last:
+        logger.warning("verifier: %d distinct failures logged; further ones are not", _MAX_LOG_LINES)
+
+
+def _nesting_depth(s: str) -> int:
+    depth = deepest = 0
+    for c in s:
+        if c in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "})]":
+            depth -= 1
+    return deepest
+
+
+class Verifier:
+    """Scores completions against single-number golds. See README_SEMANTICS.md.
+
+    Args:
+        answer_extraction: "boxed" (last \\boxed/\\fbox, else a final-answer phrase at the
+            end) or "last_number" (the last number anywhere).
+        rel_tol: relative tolerance for non-integer golds (integer golds compare exactly).
+        timeout_s: wall-clock limit per answer in math-verify; the worker is then killed.
+        num_workers: math-verify worker processes (started lazily, per process/rank).
+        cache_size: LRU entries of (answer, gold) verdicts; 0 disables the cache.
+        worker_memory_mb: address-space limit of each worker.
+    """
+
+    def __init__(self, answer_extraction: str = "boxed", rel_tol: float = 1e-6, timeout_s: float = 5.0,
+                 num_workers: int = 2, cache_size: int = 100_000, worker_memory_mb: int = 2048):
+        if answer_extraction not in EXTRACTION_POLICIES:
+            raise ValueError(f"answer_extraction must be one of {EXTRACTION_POLICIES}, got {answer_extraction!r}")
+        if not (isinstance(rel_tol, (int, float)) and math.isfinite(rel_tol) and 0 <= rel_tol < 1):
+            raise ValueError(f"rel_tol must be a float in [0, 1), got {rel_tol!r}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0 (0 disables the cache), got {cache_size}")
+        self.answer_extraction = answer_extraction
+        self.rel_tol = float(rel_tol)
+        self._tol = Fraction(repr(self.rel_tol))  # 1e-6 exactly, not its binary float
+        self.timeout_s = float(timeout_s)
+        self._pool = WorkerPool(num_workers=num_workers, timeout_s=timeout_s, memory_mb=worker_memory_mb)
+        self._cache = _LRU(cache_size)
+        self._golds = _LRU(max(cache_size, 1024))  # gold text -> Gold | GoldParseError
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def warm_up(self, wait: bool = False, timeout_s: float = 120.0) -> bool:
+        """Start the math-verify workers now (optional; otherwise the first slow-path
+        answer starts them). With ``wait``, block until they are warm; returns whether
+        they are (always True without ``wait``)."""
+        if wait:
+            return self._pool.wait_ready(timeout_s)
+        self._pool.start()
+        return True
+
+    def close(self) -> None:
+        """Stop the workers (they restart lazily if the verifier is used again)."""
+        self._pool.close()
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> WorkerPool:
+        return self._pool
+
+    # -- verification ------------------------------------------------------------------
+    def verify(self, completion: str, gold: Gold | str) -> VerifyResult:
+        return self.verify_batch([completion], [gold])[0]
+
+    def verify_batch(self, completions: Sequence[str], golds: Sequence[Gold | str]) -> list[VerifyResult]:
+        """One VerifyResult per completion. Never raises except for a length mismatch
+        (and Ctrl-C, which still stops the run)."""
+        if len(completions) != len(golds):
+            raise ValueError(f"verify_batch got {len(completions)} completions but {len(golds)} golds")
+        results: list[VerifyResult | None] = [None] * len(completions)
+        slow: dict[tuple, tuple[Job, list[tuple[int, str, bool]]]] = {}
+        for i, (completion, gold) in enumerate(zip(completions, golds)):
+            try:
+                item = self._first_pass(completion, gold)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - nothing escapes into training
+                results[i] = self._failure("error", f"{type(e).__name__}: {e}", completion, None, False)
+                continue
+            if isinstance(item, VerifyResult):
+                results[i] = item
+            else:
+                key, job, shown, has_boxed = item
+                slow.setdefault(key, (job, []))[1].append((i, shown, has_boxed))
+        if slow:
+            self._slow_pass(slow, results)
+        return results  # type: ignore[return-value]
+
+    def _first_pass(self, completion: Any, gold: Gold | str):
+        """A VerifyResult, or (cache key, Job, shown answer, has_boxed) for the slow path."""
+        if not isinstance(completion, str):
+            return self._failure("error", f"completion is {type(completion).__name__}, not str", repr(completion), None, False)
+        extraction = extract_answer(completion, self.answer_extraction)
+        has_boxed = extraction.has_boxed
+        raw = extraction.answer
+        shown = None if raw is None else raw if len(raw) <= _SHOWN_CHARS else raw[:_SHOWN_CHARS] + "..."
+        gold_obj = self._gold(gold)
+        if isinstance(gold_obj, str):  # checked first: a bad gold is the dataset's bug
+            return self._failure("error", gold_obj, str(gold), shown, has_boxed)
+        if raw is None:
+            return VerifyResult(0.0, "no_answer", None, has_boxed, True, detail="no final answer found")
+        if len(raw) > MAX_ANSWER_CHARS:
+            return VerifyResult(0.0, "wrong", shown, has_boxed, True, detail=f"answer longer than {MAX_ANSWER_CHARS} characters")
+        answer = normalize_answer(raw)
+        key = (self.answer_extraction, self.rel_tol, answer.key(), gold_obj.value, gold_obj.percent)
+        verdict = self._cache.get(key)
+        if verdict is not None:
+            return self._result(verdict, shown, has_boxed, cached=True)
+        verdict = self._fast(answer, gold_obj)
+        if verdict is not None:
+            self._cache.put(key, verdict)
+            return self._result(verdict, shown, has_boxed)
+        candidates = gold_candidates(gold_obj.value, gold_obj.percent, answer.percent)
+        job = Job(answer.text, tuple((c.numerator, c.denominator) for c in candidates), self.rel_tol)
+        return key, job, shown, has_boxed
+
+    def _fast(self, answer: NormalizedAnswer, gold: Gold) -> _Verdict | None:
+        """Decide without math-verify when possible; None means 'needs math-verify'."""
+        text = answer.text
+        if not text:
+            return _Verdict("no_answer", True, "empty answer")
+        if _nesting_depth(text) > MAX_DEPTH:
+            return _Verdict("wrong", True, f"answer nested deeper than {MAX_DEPTH} levels")
+        try:
+            value = parse_plain_number(text)
+        except AnswerRejected as e:
+            return _Verdict("wrong", True, str(e))
+        except NotPlainNumber:
+            value = None
+        if value is not None:
+            candidates = gold_candidates(gold.value, gold.percent, answer.percent)
+            if any(close_enough(value, c, self._tol) for c in candidates):
+                return _Verdict("correct", True, "equal (exact rational comparison)")
+            return _Verdict("wrong", True, "not equal (exact rational comparison)")
+        if has_stray_words(text):
+            return _Verdict("wrong", True, "answer contains words, not a number")
+        if not any(c.isdigit() or c == "\\" or not c.isascii() for c in text):
+            return _Verdict("wrong", True, "answer contains no number")
+        if _SEVERAL_NUMBERS_RE.search(text):
+            return _Verdict("wrong", True, "answer contains several numbers")
+        return None
+
+    def _slow_pass(self, slow: dict, results: list[VerifyResult | None]) -> None:
+        keys = list(slow)
+        try:
+            outcomes = self._pool.run([slow[k][0] for k in keys])
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the pool should never raise; be sure
+            outcomes = None
+            failure = f"verifier pool failed: {type(e).__name__}: {e}"
+        for n, key in enumerate(keys):
+            job, items = slow[key]
+            if outcomes is not None:
+                verdict = _Verdict(outcomes[n].outcome, False, outcomes[n].detail)
+            else:
+                verdict = _Verdict("error", False, failure)
+            if verdict.outcome in ("timeout", "error"):
+                _log_once(verdict.outcome, verdict.detail, job.answer)
+            if verdict.outcome != "error":  # a hang is deterministic; a crash may not be
+                self._cache.put(key, verdict)
+            for i, shown, has_boxed in items:
+                results[i] = self._result(verdict, shown, has_boxed)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _gold(self, gold: Gold | str) -> Gold | str:
+        """The parsed gold, or a string saying why it is unusable (such golds never reward)."""
+        if isinstance(gold, Gold):
+            return gold
+        if not isinstance(gold, str):
+            return f"gold is {type(gold).__name__}, not str or Gold"
+        parsed = self._golds.get(gold)
+        if parsed is None:
+            try:
+                parsed = parse_gold(gold)
+            except GoldParseError as e:
+                parsed = f"unusable gold: {e}"
+            self._golds.put(gold, parsed)
+        return parsed
+
+    @staticmethod
+    def _result(verdict: _Verdict, shown: str | None, has_boxed: bool, cached: bool = False) -> VerifyResult:
+        reward = 1.0 if verdict.outcome == "correct" else 0.0
+        return VerifyResult(reward, verdict.outcome, shown, has_boxed, verdict.fast_path, cached, verdict.detail)
+
+    @staticmethod
+    def _failure(outcome: str, detail: str, text: str, shown: str | None, has_boxed: bool) -> VerifyResult:
+        _log_once(outcome, detail, text)
+        return VerifyResult(0.0, outcome, shown, has_boxed, True, detail=detail)
+
+
+def outcome_metrics(results: Sequence[VerifyResult]) -> dict[str, float]:
+    """Per-batch shares for step metrics: reward/<outcome> for each of OUTCOMES, plus
+    reward/has_boxed and reward/fast_path. All in [0, 1]; all 0.0 for an empty batch."""
+    n = len(results)
+    counts = collections.Counter(r.outcome for r in results)
+    metrics = {f"reward/{o}": (counts[o] / n if n else 0.0) for o in OUTCOMES}
+    metrics["reward/has_boxed"] = sum(r.has_boxed for r in results) / n if n else 0.0
+    metrics["reward/fast_path"] = sum(r.fast_path for r in results) / n if n else 0.0
+    return metrics
+
+
+# -- the process-wide default verifier (one per process, hence one pool per rank) ----------
+_default: Verifier | None = None
+_default_lock = threading.Lock()
+
+
+def configure_default_verifier(**kwargs: Any) -> Verifier:
+    """Replace the default verifier (used by numeric_reward / verify_batch) with
+    ``Verifier(**kwargs)``; the previous one's workers are stopped. Returns the new one."""
+    global _default
+    new = Verifier(**kwargs)  # validate before replacing anything
+    with _default_lock:
+        old, _default = _default, new
+    if old is not None:
+        old.close()
+    return new
+
+
+def default_verifier() -> Verifier:
+    """The process-wide default verifier, created with default settings on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Verifier()
+        return _default
+
+
+def verify_batch(completions: Sequence[str], golds: Sequence[Gold | str]) -> list[VerifyResult]:
+    """``default_verifier().verify_batch``."""
+    return default_verifier().verify_batch(completions, golds)
+
+
+def numeric_reward(completions: list[str], answers: list[str], _results_out: list | None = None,
+                   **columns: Any) -> list[float]:
+    """Reward 1.0 when the completion's final answer equals the gold number, else 0.0.
+
+    The shared custom-reward signature: ``answers`` are the gold strings (or Gold objects);
+    other dataset columns arrive as keyword arguments and are ignored. Pass a list as
+    ``_results_out`` to receive the VerifyResult of each completion (RewardComposer does,
+    to log outcome_metrics).
+    """
+    results = default_verifier().verify_batch(completions, answers)
+    if _results_out is not None:
+        _results_out.extend(results)
+    return [r.reward for r in results]
