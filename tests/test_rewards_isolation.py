@@ -1,0 +1,253 @@
+"""The verifier never hangs, never raises, and behaves the same from threads and processes.
+
+Uses a small per-answer timeout (1.5 s) so the hanging cases stay cheap.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from rlvr.rewards import Verifier
+from rlvr.rewards import verifier as verifier_module
+
+TIMEOUT = 1.5
+# Slow-path inputs that hang plain math-verify for minutes (checked: >8 s, unbounded).
+HANGS_MATH_VERIFY = ["\\boxed{\\sqrt{2}\\cdot 9^{9^{9^{9}}}}", "\\boxed{(10^{10})! + \\sqrt{2}}"]
+NORMAL = [  # (completion, gold, reward): fast and slow path, both directions
+    ("There are 7 red cubes. \\boxed{7}", "7", 1.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{50\\%}", "0.5", 1.0),
+    ("\\boxed{8}", "7", 0.0),
+    ("\\boxed{\\sqrt{2}}", "1.41421356", 1.0),
+    ("\\boxed{2\\pi}", "6.28", 0.0),
+    ("\\boxed{\\sqrt{9}}", "3", 1.0),
+    ("no answer here, 7", "7", 0.0),
+]
+
+
+def _wait_ready(verifier):
+    """Block until every worker is warm, so timings below measure verification only."""
+    assert verifier.warm_up(wait=True, timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    v = Verifier(timeout_s=TIMEOUT, num_workers=2)
+    _wait_ready(v)
+    yield v
+    v.close()
+
+
+_fresh = iter(range(1000, 10_000))  # answers no other test uses
+
+
+def _check_healthy(verifier):
+    """The pool still verifies: new slow-path answers (never cached) and the NORMAL table."""
+    n = next(_fresh)
+    fresh = verifier.verify_batch([f"\\boxed{{\\sqrt{{{n * n}}}}}", f"\\boxed{{\\sqrt{{{n * n + 1}}}}}"], [str(n), str(n)])
+    assert [(r.reward, r.cached, r.fast_path) for r in fresh] == [(1.0, False, False), (0.0, False, False)]
+    results = verifier.verify_batch([c for c, _, _ in NORMAL], [g for _, g, _ in NORMAL])
+    assert [r.reward for r in results] == [r for _, _, r in NORMAL]
+
+
+def test_pool_starts_lazily_and_only_for_the_slow_path():
+    v = Verifier()
+    try:
+        assert v.pool._workers == []
+        v.verify_batch(["\\boxed{7}", "\\boxed{1/2}", "nothing", "\\boxed{seven}"], ["7", "0.5", "1", "7"])
+        assert v.pool._workers == []  # the fast path never starts a process
+    finally:
+        v.close()
+
+
+PATHOLOGICAL = [
+    ("\\boxed{5^{5^{5^{5^{5}}}}}", "5"),
+    ("\\boxed{9^{9^{9^{9}}}}", "387420489"),
+    ("\\boxed{1e999999999}", "1"),
+    ("\\boxed{10^{10^{10^{10}}} - 1}", "9"),
+    ("x" * 100_000, "7"),
+    ("\\boxed{" + "9" * 100_000 + "}", "9"),
+    ("lorem ipsum 12 " * 6_700 + "\\boxed{", "12"),
+    ("\\boxed{" * 10_000, "1"),
+    ("\\boxed{\x00}", "0"),
+    ("\x00" * 1000 + "\\boxed{7\x00", "7"),
+    ("\\boxed{" + "\\frac{" * 500 + "1" + "}{2}" * 500 + "}", "0"),
+    ("\\boxed{" + "\\frac{" * 150 + "1" + "}{2}" * 150 + "}", "0"),
+    ("\\boxed{" + "\\sqrt{" * 20 + "2" + "}" * 20 + "}", "0"),
+    ("\\boxed{" + "(" * 3000 + "}", "1"),
+    ("\\boxed{\\frac{1}{0}}", "1"),
+    ("\\boxed{0^{-1}}", "1"),
+    ("\\boxed{\\\\\\\\\\}}}}}", "1"),
+]
+
+
+@pytest.mark.parametrize("completion, gold", PATHOLOGICAL, ids=[f"p{i}" for i in range(len(PATHOLOGICAL))])
+def test_pathological_input_scores_zero_within_the_limit(verifier, completion, gold):
+    start = time.perf_counter()
+    result = verifier.verify(completion, gold)
+    elapsed = time.perf_counter() - start
+    assert result.reward == 0.0 and result.outcome in ("wrong", "no_answer", "timeout"), result
+    assert elapsed < TIMEOUT + 2.0, f"{elapsed:.2f}s for {completion[:40]!r}"  # 2 s: CI load
+
+
+def test_hanging_math_verify_is_killed_and_the_pool_recovers(verifier):
+    _wait_ready(verifier)
+    restarts = verifier.pool.restarts
+    start = time.perf_counter()
+    results = verifier.verify_batch([HANGS_MATH_VERIFY[0]] + [c for c, _, _ in NORMAL], ["5"] + [g for _, g, _ in NORMAL])
+    elapsed = time.perf_counter() - start
+    assert (results[0].outcome, results[0].reward, results[0].fast_path) == ("timeout", 0.0, False)
+    assert [r.reward for r in results[1:]] == [r for _, _, r in NORMAL]  # the same batch still verifies
+    assert verifier.pool.restarts == restarts + 1
+    assert TIMEOUT <= elapsed < TIMEOUT + 2.0, elapsed  # killed at the limit, not minutes later
+    _check_healthy(verifier)  # the other worker carries on while the killed one is replaced
+
+
+def test_timeouts_are_cached_not_retried(verifier):
+    verifier.verify(HANGS_MATH_VERIFY[0], "5")
+    restarts = verifier.pool.restarts
+    start = time.perf_counter()
+    again = verifier.verify(HANGS_MATH_VERIFY[0], "5")
+    assert (again.outcome, again.cached) == ("timeout", True)
+    assert time.perf_counter() - start < 0.1 and verifier.pool.restarts == restarts
+
+
+def test_a_worker_that_dies_mid_answer_is_an_error_not_a_crash(verifier):
+    _wait_ready(verifier)
+    victim = verifier.pool._workers[0]  # the first idle worker gets the first job
+
+    def kill_soon():
+        time.sleep(0.4)
+        os.kill(victim.proc.pid, 9)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    result = verifier.verify("\\boxed{(10^{11})! + \\sqrt{3}}", "1")
+    killer.join()
+    assert (result.outcome, result.reward) == ("error", 0.0) and "died" in result.detail
+    _check_healthy(verifier)
+
+
+class FakeTimeout(BaseException):
+    """Like math-verify's TimeoutException: not an Exception."""
+
+
+def test_no_exception_of_any_kind_escapes(monkeypatch, caplog):
+    v = Verifier()
+
+    def explode(jobs):
+        raise FakeTimeout("from the pool")
+
+    monkeypatch.setattr(v.pool, "run", explode)
+    with caplog.at_level(logging.WARNING, logger="rlvr.rewards.verifier"):
+        results = v.verify_batch(["\\boxed{\\sqrt{7}}", "\\boxed{\\sqrt{7}}", "\\boxed{7}"], ["2.6457513", "2.6457513", "7"])
+    assert [(r.outcome, r.reward) for r in results] == [("error", 0.0), ("error", 0.0), ("correct", 1.0)]
+    assert "FakeTimeout" in results[0].detail
+    assert sum("FakeTimeout" in rec.getMessage() for rec in caplog.records) == 1  # logged once
+
+    def broken_extract(text, policy):
+        raise RecursionError("deep")
+
+    monkeypatch.setattr(verifier_module, "extract_answer", broken_extract)
+    result = v.verify("\\boxed{7}", "7")
+    assert (result.outcome, result.reward) == ("error", 0.0)
+    assert v.verify(None, "7").outcome == "error"  # type: ignore[arg-type]
+
+
+def test_failures_are_logged_with_the_input_truncated(caplog):
+    with caplog.at_level(logging.WARNING, logger="rlvr.rewards.verifier"):
+        Verifier().verify("\\boxed{7}", "not a number " + "z" * 5000)
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert len(messages) == 1 and len(messages[0]) < 600 and "[5013 chars]" in messages[0]
+
+
+def test_contract_errors_still_raise():
+    with pytest.raises(ValueError, match="2 completions but 1 golds"):
+        Verifier().verify_batch(["a", "b"], ["1"])
+    with pytest.raises(ValueError, match="answer_extraction"):
+        Verifier(answer_extraction="first")
+    with pytest.raises(ValueError, match="rel_tol"):
+        Verifier(rel_tol=float("nan"))
+
+
+def test_non_main_threads_give_the_same_results(verifier, monkeypatch):
+    completions, golds = [c for c, _, _ in NORMAL], [g for _, g, _ in NORMAL]
+    monkeypatch.setattr(verifier, "_cache", verifier_module._LRU(0))  # the threads really verify
+    expected = [(r.reward, r.outcome) for r in verifier.verify_batch(completions, golds)]
+    outputs = {}
+
+    def work(name):
+        outputs[name] = [(r.reward, r.outcome) for r in verifier.verify_batch(completions, golds)]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert outputs == {n: expected for n in range(4)}
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from rlvr.rewards import configure_default_verifier, default_verifier, numeric_reward
+    configure_default_verifier(num_workers=1)  # as the trainer does from its config
+    cases = json.loads(sys.argv[1])
+    rewards = numeric_reward([c for c, _ in cases], [g for _, g in cases])
+    pids = [w.proc.pid for w in default_verifier().pool._workers]
+    print(json.dumps({"rewards": rewards, "workers": pids}))
+    """
+)
+
+
+def test_two_processes_at_once_give_the_same_results_and_clean_up():
+    cases = [(c, g) for c, g, _ in NORMAL]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cases)], stdout=subprocess.PIPE, env=env)
+             for _ in range(2)]
+    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    for out in outputs:
+        assert out["rewards"] == [r for _, _, r in NORMAL]
+        assert len(out["workers"]) == 1  # each process owns its own pool
+    assert not set(outputs[0]["workers"]) & set(outputs[1]["workers"])
+    time.sleep(0.2)
+    for pid in outputs[0]["workers"] + outputs[1]["workers"]:  # stopped at exit (atexit)
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_repeated_pairs_are_verified_once(verifier, monkeypatch):
+    v = verifier
+    sent = []
+    real_run = v.pool.run
+    monkeypatch.setattr(v.pool, "run", lambda jobs: sent.extend(jobs) or real_run(jobs))
+    batch = ["\\boxed{\\sqrt{3}}"] * 8 + ["\\boxed{ \\sqrt{3} }"] * 4  # normalised to the same answer
+    first = v.verify_batch(batch, ["1.7320508076"] * 12)
+    second = v.verify_batch(batch, ["1.7320508076"] * 12)
+    assert len(sent) == 1
+    assert all(r.reward == 1.0 for r in first + second)
+    assert not any(r.cached for r in first) and all(r.cached for r in second)
+
+
+def test_cache_is_bounded_and_can_be_disabled():
+    v = Verifier(cache_size=3)
+    v.verify_batch([f"\\boxed{{{i}}}" for i in range(10)], ["1"] * 10)
+    assert len(v._cache) == 3
+    off = Verifier(cache_size=0)
+    off.verify_batch(["\\boxed{1}"] * 2, ["1"] * 2)
+    assert not off.verify("\\boxed{1}", "1").cached and len(off._cache) == 0
+
+
+def test_close_stops_workers_and_the_verifier_restarts_lazily(verifier):
+    procs = [w.proc for w in verifier.pool._workers]
+    verifier.close()
+    assert all(p.poll() is not None for p in procs) and verifier.pool._workers == []
+    assert verifier.verify("\\boxed{\\sqrt{25}}", "5").reward == 1.0  # starts again
+    assert len(verifier.pool._workers) == 2
