@@ -19,7 +19,7 @@ from rlvr.rewards import verifier as verifier_module
 
 TIMEOUT = 1.5
 # Slow-path inputs that hang plain math-verify for minutes (checked: >8 s, unbounded).
-HANGS_MATH_VERIFY = ["\\boxed{\\sqrt{2}\\cdot 9^{9^{9^{9}}}}", "\\boxed{(10^{10})! + \\sqrt{2}}"]
+HANGS_MATH_VERIFY = ["\\boxed{\\sqrt{2}\\cdot 9^{9^{9^{9}}}}", "\\boxed{\\sqrt{3}\\cdot 9^{9^{9^{9}}}}"]
 NORMAL = [  # (completion, gold, reward): fast and slow path, both directions
     ("There are 7 red cubes. \\boxed{7}", "7", 1.0),
     ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
@@ -129,7 +129,7 @@ def test_a_worker_that_dies_mid_answer_is_an_error_not_a_crash(verifier):
 
     killer = threading.Thread(target=kill_soon)
     killer.start()
-    result = verifier.verify("\\boxed{(10^{11})! + \\sqrt{3}}", "1")
+    result = verifier.verify(HANGS_MATH_VERIFY[1], "1")
     killer.join()
     assert (result.outcome, result.reward) == ("error", 0.0) and "died" in result.detail
     _check_healthy(verifier)
