@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {"line": n, "id": row.get("id"), "answer": row["answer"], "reward": res.reward,
                    "outcome": res.outcome, "extracted": res.extracted, "has_boxed": res.has_boxed,
                    "fast_path": res.fast_path, "detail": res.detail}
-            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+            f.write(json.dumps(out) + "\n")  # ASCII: lone surrogates cannot break the write
 
     total = len(results)
     correct = sum(r.reward for r in results)

@@ -33,7 +33,8 @@ _SENTENCE_BREAK_RE = re.compile(r"[.!?]\s+\S")
 # A number in running text: optional sign, thousands groups or plain digits, decimals,
 # an optional /denominator and an optional percent sign.
 _LAST_NUMBER_RE = re.compile(
-    r"(?<![\d.])[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?(?:\s?\\?%)?"
+    r"(?<![\d.])[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?(?:\s?\\?%)?",
+    re.ASCII,  # ASCII digits only: int() would also accept other scripts' digits
 )
 
 

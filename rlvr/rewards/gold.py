@@ -13,13 +13,15 @@ from rlvr.rewards.numbers import AnswerRejected, literal_value
 _LIT = r"[+-]?\s*(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+|\d+)?(?:\.\d+)?(?:[eE][+-]?\d+)?"
 _LIT_RE = re.compile(
     r"(?P<sign>[+-]?)\s*(?P<int>\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+|\d+)?"
-    r"(?:\.(?P<frac>\d+))?(?:[eE](?P<exp>[+-]?\d+))?"
+    r"(?:\.(?P<frac>\d+))?(?:[eE](?P<exp>[+-]?\d+))?",
+    re.ASCII,
 )
 _FRAC_RE = re.compile(
     rf"(?P<sign>[+-]?)\s*\\[dt]?frac\s*(?:\{{\s*(?P<num>{_LIT})\s*\}}|(?P<numd>\d))"
-    rf"\s*(?:\{{\s*(?P<den>{_LIT})\s*\}}|(?P<dend>\d))"
+    rf"\s*(?:\{{\s*(?P<den>{_LIT})\s*\}}|(?P<dend>\d))",
+    re.ASCII,
 )
-_SLASH_RE = re.compile(rf"(?P<num>{_LIT})\s*/\s*(?P<den>{_LIT})")
+_SLASH_RE = re.compile(rf"(?P<num>{_LIT})\s*/\s*(?P<den>{_LIT})", re.ASCII)
 
 
 class GoldParseError(ValueError):

@@ -49,7 +49,7 @@ _NUMBER_RE = re.compile(
     (?: \. (?P<frac>\d+) | (?<=\d)\.(?!\d) )?
     (?: [eE] (?P<exp>[+-]?\d+) )?
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 _FRAC_CMD_RE = re.compile(r"\\[dtc]?frac(?![A-Za-z])")
 _OP_RE = re.compile(r"\\(?:times|cdot|div)(?![A-Za-z])|[*/×·÷]")

@@ -6,10 +6,10 @@ TimeoutException derives from BaseException. Here an answer that runs past ``tim
 gets its worker SIGKILLed and replaced; nothing can hang or raise in the caller.
 
 How workers start: a fresh interpreter (``subprocess``, i.e. fork+exec like
-multiprocessing's "spawn"; the trainer's torch threads are never forked) that imports
-``rlvr.rewards._worker``. Unlike multiprocessing's spawn it does not re-run the trainer's
+multiprocessing's "spawn"; the trainer's torch threads are never forked) that runs
+``_worker.py``. Unlike multiprocessing's spawn it does not re-run the trainer's
 ``__main__`` (which would import torch into every worker). The parent's ``sys.path`` is
-passed on so an uninstalled checkout works. Each worker warms math-verify up before it
+passed on, so math-verify is found wherever the trainer found it. Each worker warms math-verify up before it
 reports ready, caps its own address space (``memory_mb``), and exits if the trainer dies.
 
 Each process owns its pools: under accelerate/torchrun every rank starts its own
@@ -33,9 +33,13 @@ from multiprocessing.connection import Connection, wait
 
 logger = logging.getLogger(__name__)
 
+# The worker module is loaded from its file, not as rlvr.rewards._worker: it needs only
+# math-verify, never the rlvr package (whose __init__ may one day import torch).
+_WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _BOOT = (
-    "import sys, json; sys.path[:] = json.loads(sys.argv[5]); "
-    "from rlvr.rewards._worker import main; main(sys.argv[1:5])"
+    "import sys, json, importlib.util as u; sys.path[:] = json.loads(sys.argv[5]); "
+    "s = u.spec_from_file_location('_rlvr_verifier_worker', sys.argv[6]); m = u.module_from_spec(s); "
+    "s.loader.exec_module(m); m.main(sys.argv[1:5])"
 )
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 
@@ -60,7 +64,7 @@ class _Worker:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(child_read), str(child_write), str(memory_mb),
-                 str(os.getpid()), json.dumps(sys.path)],
+                 str(os.getpid()), json.dumps(sys.path), _WORKER_FILE],
                 pass_fds=(child_read, child_write),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
