@@ -3,7 +3,7 @@
     python -m rlvr.tools.make_demo_data --out runs/demo-assets/data
 
 Every row asks the same question, so the answer can only be read from the image: each
-digit 0-9 has its own colour, drawn with a little jitter in hue and size so no two images
+digit (0-4 by default, up to 0-9 with --digits) has its own colour, drawn with a little jitter in hue and size so no two images
 are identical. Writes ``train.jsonl`` and ``val.jsonl`` (the documented JSONL format) and
 the PNG images they point to.
 """
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=512, help="training rows")
     parser.add_argument("--val", type=int, default=64, help="validation rows")
-    parser.add_argument("--digits", type=int, default=10, help="how many digits (colours) the task uses")
+    parser.add_argument("--digits", type=int, default=5, choices=range(2, 11), metavar="2..10",
+                        help="how many digits (colours) the task uses, from 0 up")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
