@@ -1,6 +1,6 @@
 """Verifier throughput on synthetic chain-of-thought completions, against plain math-verify.
 
-    .venv/bin/python benchmarks/verifier.py [--runs 5] [--workers 2] [--plain 2000] [--mixed 1000]
+    .venv/bin/python benchmarks/verifier.py [--runs 5] [--workers 2] [--plain 2000] [--mixed 1000] [--latex 300]
 
 Completions are 1-2k characters of visual chain-of-thought (counting objects, reading
 charts, inline LaTeX arithmetic) ending in a final answer, generated with a seeded RNG.
@@ -10,7 +10,11 @@ Two sets:
   separators, percents, units) - the common case, which should never touch sympy;
 - mixed: RL-shaped groups (8 samples per prompt sharing few distinct answers), 30% of
   prompts with LaTeX answers such as 3\\sqrt{3}/2 or \\frac{\\pi}{4}, plus some completions
-  with no final answer.
+  with no final answer;
+- latex: the worst case, every answer a LaTeX expression for math-verify, few repeats.
+
+Even with the cache off, identical answers within one batch are verified once (the mixed
+set's groups); the latex set shows the per-answer cost of the slow path without that help.
 
 Reported: verifications per second with the cache disabled (a fair per-answer measure)
 and, separately, with the cache on (cold at the start of each run; repeats within the run
@@ -135,6 +139,18 @@ def mixed_set(rng: random.Random, n: int, group: int = 8) -> tuple[list[str], li
     return completions[:n], golds[:n]
 
 
+def latex_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
+    """Worst case: every answer needs math-verify and (almost) none repeats."""
+    completions, golds = [], []
+    for _ in range(n):
+        answer, gold = latex_answer(rng)
+        if rng.random() < 0.5:
+            answer, _ = latex_answer(rng)
+        completions.append(completion(rng, answer))
+        golds.append(gold)
+    return completions, golds
+
+
 def time_ours(verifier: Verifier, completions: list[str], golds: list[str], batch: int = 256):
     start = time.perf_counter()
     results = []
@@ -159,39 +175,45 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plain", type=int, default=2000, help="completions in the plain-number set")
     parser.add_argument("--mixed", type=int, default=1000, help="completions in the mixed set")
+    parser.add_argument("--latex", type=int, default=300, help="completions in the all-LaTeX worst-case set")
     parser.add_argument("--math-verify-n", type=int, default=300, help="completions per set for plain math-verify")
     parser.add_argument("--math-verify-runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    sets = {"plain": plain_set(rng, args.plain), "mixed": mixed_set(rng, args.mixed)}
+    sets = {"plain": plain_set(rng, args.plain), "mixed": mixed_set(rng, args.mixed),
+            "latex": latex_set(rng, args.latex)}
     lengths = [len(c) for cs, _ in sets.values() for c in cs]
-    print(f"completions: plain {args.plain}, mixed {args.mixed}; {min(lengths)}-{max(lengths)} chars "
+    print(f"completions: plain {args.plain}, mixed {args.mixed}, latex {args.latex}; {min(lengths)}-{max(lengths)} chars "
           f"(mean {statistics.mean(lengths):.0f}); seed {args.seed}; {args.runs} runs, median")
 
     ours: dict[str, list[float]] = {}
-    for cache_size, label in ((0, "cache off"), (100_000, "cache on ")):
-        verifier = Verifier(num_workers=args.workers, cache_size=cache_size)
+    modes = {"cache off": Verifier(num_workers=args.workers, cache_size=0),
+             "cache on ": Verifier(num_workers=args.workers, cache_size=100_000)}
+    for label, verifier in modes.items():
         start = time.perf_counter()
         verifier.warm_up(wait=True)
-        if cache_size == 0:
-            print(f"worker start-up ({args.workers} warm workers): {time.perf_counter() - start:.2f}s (not timed below)")
-        for name, (completions, golds) in sets.items():
-            times, results = [], []
-            for _ in range(args.runs):
-                if cache_size:
-                    verifier._cache = type(verifier._cache)(cache_size)  # cold at the start of each run
-                elapsed, results = time_ours(verifier, completions, golds)
-                times.append(elapsed)
-            t = statistics.median(times)
+        print(f"{label}: worker start-up ({args.workers} warm workers) {time.perf_counter() - start:.2f}s (not timed)")
+    for name, (completions, golds) in sets.items():
+        times: dict[str, list[float]] = {label: [] for label in modes}
+        last: dict[str, list] = {}
+        for _ in range(args.runs):  # interleaved, so machine noise hits both modes alike
+            for label, verifier in modes.items():
+                verifier._cache = type(verifier._cache)(verifier._cache.size)  # cold at the start of each run
+                elapsed, last[label] = time_ours(verifier, completions, golds)
+                times[label].append(elapsed)
+        for label in modes:
+            t, results = statistics.median(times[label]), last[label]
             fast = sum(r.fast_path for r in results) / len(results)
+            hits = sum(r.cached for r in results) / len(results)
             acc = sum(r.reward for r in results) / len(results)
             outcomes = {o: sum(r.outcome == o for r in results) for o in ("correct", "wrong", "no_answer", "timeout", "error")}
             print(f"rlvr verifier, {label}, {name:5}: {len(completions) / t:8.0f} verifications/s "
-                  f"(median {t:.3f}s for {len(completions)}); fast path {fast:.1%}; accuracy {acc:.3f}; {outcomes}")
-            if cache_size == 0:
-                ours[name] = [r.reward for r in results]
+                  f"(median {t:.3f}s for {len(completions)}); fast path {fast:.1%}; cache hits {hits:.1%}; "
+                  f"accuracy {acc:.3f}; {outcomes}")
+        ours[name] = [r.reward for r in last["cache off"]]
+    for verifier in modes.values():
         verifier.close()
 
     for name, (completions, golds) in sets.items():
