@@ -87,9 +87,13 @@ def test_every_loss_runs_a_step(qwen25_dir, tiny_data, tmp_path, loss):
 
 
 def test_kl_penalty_loads_a_reference_and_logs_kl(qwen25_dir, tiny_data, tmp_path):
+    # A reward that varies within every group, so step 1 surely moves the policy.
     result = run(_small(qwen25_dir, tiny_data, tmp_path / "kl", "algorithm.kl_coef=0.1", "trainer.max_steps=2",
-                        "trainer.lr=1e-2", "checkpoint.save_final_model=false"))
+                        "trainer.lr=1e-2", "checkpoint.save_final_model=false",
+                        "reward.functions=[{name: 'tests.reward_fixtures:odd_length', weight: 1.0}]"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "kl" / "metrics.jsonl")]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # same weights as the reference at step 1
-    assert rows[1]["kl"] > 0  # after one update the policy has moved away from the reference
+    assert rows[0]["grad_norm"] > 0
+    assert rows[1]["kl"] > 1e-6  # after one update the policy has moved away from the reference
+    assert "reward/odd_length" in rows[0]
