@@ -3,7 +3,7 @@
     from rlvr.rewards import numeric_reward, parse_gold, Verifier, RewardComposer
 
 Semantics (what counts as an answer, equivalence, percent rule, isolation) are in
-README_SEMANTICS.md next to this file. Importing this package is cheap: math-verify and
+"The numeric verifier" in the project README. Importing this package is cheap: math-verify and
 sympy are only ever imported inside the verifier's worker processes.
 """
 

@@ -33,7 +33,7 @@ class Gold:
     """A gold answer: one exact number.
 
     value:   the number as written, without its percent sign ("50%" -> Fraction(50)).
-    percent: whether the gold carried a percent sign (see README_SEMANTICS.md, percent rule).
+    percent: whether the gold carried a percent sign (see the README, "Percent rule").
     text:    the original text, for logs and the scored output.
     """
 

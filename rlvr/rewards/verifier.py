@@ -6,7 +6,7 @@
         -> words / too long / ... -> wrong without math-verify            (fast path)
         -> otherwise              -> math-verify in a worker process      (slow path)
 
-Semantics are written up in README_SEMANTICS.md. Contract errors (lists of different
+Semantics are written up in the project README ("The numeric verifier"). Contract errors (lists of different
 lengths, an unknown extraction policy) raise; nothing that happens while verifying does:
 every failure becomes reward 0 with outcome ``error`` (or ``timeout``), logged once.
 """
@@ -135,7 +135,7 @@ def _nesting_depth(s: str) -> int:
 
 
 class Verifier:
-    """Scores completions against single-number golds. See README_SEMANTICS.md.
+    """Scores completions against single-number golds. See the README, "The numeric verifier".
 
     Args:
         answer_extraction: "boxed" (last \\boxed/\\fbox, else a final-answer phrase at the
