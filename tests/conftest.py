@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl"])
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"])
 def tiny_model_dir(request, tmp_path_factory) -> str:
     from rlvr.tools.make_tiny_model import make_tiny_model
 

@@ -2,18 +2,26 @@
 
     python -m rlvr.tools.make_tiny_model --family qwen2_5_vl --out runs/tiny-qwen2_5_vl
 
+Families: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5 (dense, hybrid linear/full attention).
 The result loads with ``AutoModelForImageTextToText.from_pretrained(DIR)`` and
 ``rlvr.models.load_processor(DIR)``. The demo and the tests use it: nothing is downloaded.
 
 The tokenizer is a byte-level BPE trained here on a small built-in corpus, with the
-special tokens and chat layout of the Qwen-VL family. Digits are always single tokens,
-as in Qwen's tokenizer, so a number is spelled digit by digit.
+special tokens and chat layout of the family. Digits are always single tokens, as in
+Qwen's tokenizer, so a number is spelled digit by digit. What each family keeps of its
+real architecture (so the code paths that matter run): Qwen2-VL's and Qwen2.5-VL's 14-px
+patches and M-RoPE sections; Qwen3-VL's 16-px patches, learned vision position grid,
+interleaved M-RoPE and DeepStack features injected into the first decoder layer;
+Qwen3.5's alternating gated-delta-net (linear attention) and gated full-attention layers
+with partial rotary dimensions.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+
+FAMILY_NAMES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -25,11 +33,18 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+# Qwen3-generation tokenizers also carry the reasoning markers (Qwen3.5 opens every answer with one).
+THINK_TOKENS = ["<think>", "</think>"]
+
+
+def special_tokens(family: str) -> list[str]:
+    return SPECIAL_TOKENS + (THINK_TOKENS if family in ("qwen3_vl", "qwen3_5") else [])
+
 
 # Qwen-VL's chat layout: every turn is <|im_start|>role\n...<|im_end|>\n, and an image is
 # <|vision_start|><|image_pad|><|vision_end|> (the processor expands <|image_pad|> to one
 # token per merged patch).
-CHAT_TEMPLATE = (
+_TURNS = (
     "{%- for message in messages -%}"
     "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
@@ -38,8 +53,20 @@ CHAT_TEMPLATE = (
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}<|im_end|>{{ '\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
 )
+CHAT_TEMPLATE = _TURNS + "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+# Qwen3.5 thinks by default: the assistant turn opens a <think> block; enable_thinking=false
+# closes it empty at once.
+CHAT_TEMPLATE_QWEN3_5 = _TURNS + (
+    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}<think>{{ '\\n\\n' }}</think>{{ '\\n\\n' }}"
+    "{%- else -%}<think>{{ '\\n' }}{%- endif -%}{%- endif -%}"
+)
+
+
+def chat_template(family: str) -> str:
+    return CHAT_TEMPLATE_QWEN3_5 if family == "qwen3_5" else CHAT_TEMPLATE
+
 
 _CORPUS = [
     "Think step by step. Put your final answer, a single number, in \\boxed{}.",
@@ -56,7 +83,7 @@ TEXT_SIZES = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, nu
 VISION_SIZES = dict(depth=2, hidden_size=64, num_heads=2)
 
 
-def build_tokenizer(vocab_size: int = 400):
+def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl"):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -67,7 +94,7 @@ def build_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens(family),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -76,7 +103,7 @@ def build_tokenizer(vocab_size: int = 400):
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template(family),
         model_max_length=32768,
     )
 
@@ -87,33 +114,46 @@ def build_processor(family: str, tokenizer):
 
     from rlvr.models import FAMILIES, _allow_missing_video_processor, torchvision_available
 
-    # Small images by default: 56x56 to 224x224 pixels, i.e. 4 to 64 image tokens.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
+    qwen3 = family in ("qwen3_vl", "qwen3_5")
+    patch = 16 if qwen3 else 14
+    factor = 2 * patch  # one image token per 2x2 merged patches
+    # Small images by default: 4 to 64 image tokens (56x56 to 224x224 pixels for 14-px patches).
+    kwargs = dict(min_pixels=(2 * factor) ** 2, max_pixels=(8 * factor) ** 2, patch_size=patch, merge_size=2,
+                  temporal_patch_size=2)
+    if qwen3:  # Qwen3-VL / Qwen3.5 normalise with mean = std = 0.5, not CLIP's statistics
+        kwargs.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    image_processor = Qwen2VLImageProcessorPil(**kwargs)
     cls = getattr(transformers, FAMILIES[family].processor_class)
     video_processor = None
     if torchvision_available():
-        from transformers import Qwen2VLVideoProcessor
+        from transformers import Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
 
-        video_processor = Qwen2VLVideoProcessor()
+        video_processor = (Qwen3VLVideoProcessor if qwen3 else Qwen2VLVideoProcessor)(patch_size=patch)
     with _allow_missing_video_processor():
         return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                   chat_template=CHAT_TEMPLATE)
+                   chat_template=chat_template(family))
+
+
+def _mrope_section(rotary_dim: int) -> list[int]:
+    """Split the rotary half-dimension into (temporal, height, width) sections.
+
+    Qwen2/2.5-VL give each axis a contiguous block; Qwen3-VL/3.5 interleave them
+    (t h w t h w ...), which needs 3 * height <= half: both hold for this split.
+    """
+    half = rotary_dim // 2
+    return [half - 2 * (half // 3), half // 3, half // 3]
 
 
 def build_config(family: str, tokenizer, text: dict | None = None, vision: dict | None = None):
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3_5Config, Qwen3VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {**TEXT_SIZES, **(text or {})}
     vision = {**VISION_SIZES, **(vision or {})}
     head_dim = text["hidden_size"] // text["num_attention_heads"]
-    # M-RoPE splits the rotary half-dimension into (temporal, height, width) sections.
-    half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    text_config = dict(
+    common_text = dict(
         vocab_size=len(tokenizer),
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -126,6 +166,9 @@ def build_config(family: str, tokenizer, text: dict | None = None, vision: dict 
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        text_config = dict(common_text, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)})
     if family == "qwen2_5_vl":
         vision_config = dict(
             depth=vision["depth"], hidden_size=vision["hidden_size"], intermediate_size=2 * vision["hidden_size"],
@@ -140,7 +183,34 @@ def build_config(family: str, tokenizer, text: dict | None = None, vision: dict 
             num_heads=vision["num_heads"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
         )
         return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **common)
-    raise ValueError(f"unknown family {family!r}; choose from qwen2_vl, qwen2_5_vl")
+    # Qwen3 generation: 16-px patches and a learned 8x8 position grid, resampled per image.
+    vision_config = dict(
+        depth=vision["depth"], hidden_size=vision["hidden_size"], intermediate_size=2 * vision["hidden_size"],
+        num_heads=vision["num_heads"], out_hidden_size=text["hidden_size"], patch_size=16, spatial_merge_size=2,
+        temporal_patch_size=2, num_position_embeddings=64,
+    )
+    if family == "qwen3_vl":
+        # DeepStack: features of vision block 0 are added to the hidden states after decoder layer 0.
+        vision_config["deepstack_visual_indexes"] = [0]
+        text_config = dict(common_text, head_dim=head_dim, rope_parameters={
+            "rope_type": "default", "rope_theta": 5000000.0,
+            "mrope_section": _mrope_section(head_dim), "mrope_interleaved": True})
+        return Qwen3VLConfig(text_config=text_config, vision_config=vision_config, **common)
+    if family == "qwen3_5":
+        # Hybrid: linear attention (gated delta net) then full attention, alternating; the real
+        # models use 3 linear per full layer. Full attention rotates a quarter of each head.
+        n = text["num_hidden_layers"]
+        attn_head_dim = 2 * head_dim
+        text_config = dict(
+            common_text, head_dim=attn_head_dim,
+            layer_types=["full_attention" if i % 2 else "linear_attention" for i in range(n)],
+            linear_conv_kernel_dim=4, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
+            linear_num_key_heads=2, linear_num_value_heads=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                             "mrope_section": _mrope_section(attn_head_dim // 4), "mrope_interleaved": True},
+        )
+        return Qwen3_5Config(text_config=text_config, vision_config=vision_config, **common)
+    raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
 
 
 def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = None, vision: dict | None = None) -> str:
@@ -150,11 +220,19 @@ def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = No
 
     from rlvr.models import save_processor
 
-    tokenizer = build_tokenizer()
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
+    tokenizer = build_tokenizer(family=family)
     processor = build_processor(family, tokenizer)
     config = build_config(family, tokenizer, text, vision)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    # Random init zeroes the padding token's embedding; a trained checkpoint's is not zero.
+    # Give it a random row too, so a left-padding bug (pad tokens leaking into attention or
+    # into a linear-attention state) changes log-probs in the tests instead of hiding.
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[tokenizer.pad_token_id].normal_(0.0, float(embeddings.std()))
     gen = model.generation_config
     gen.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     gen.pad_token_id = tokenizer.pad_token_id
@@ -167,7 +245,7 @@ def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", required=True, choices=["qwen2_vl", "qwen2_5_vl"])
+    parser.add_argument("--family", required=True, choices=list(FAMILY_NAMES))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=TEXT_SIZES["hidden_size"])
