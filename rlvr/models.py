@@ -212,50 +212,105 @@ def dummy_vision_inputs(config, device, dtype) -> tuple[torch.Tensor, torch.Tens
     return pixels, grid
 
 
-def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict) or hasattr(value, "values"):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+class _VisionTowerSync:
+    """The hooks of ``sync_vision_tower_calls`` on one model."""
 
+    def __init__(self, decoder: torch.nn.Module):
+        self.decoder = decoder
+        self.masked_image = False  # this decoder call carries the dummy column
 
-def _vision_sync_hook(decoder, args, kwargs, output):
-    if _world_size() == 1:
+    @staticmethod
+    def _needed(kwargs: dict) -> bool:
+        encoded = kwargs.get("mm_encoder_outputs") or {}  # generate passes {} for text-only prompts
+        has_images = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos")) or any(
+            v is not None for v in encoded.values())
+        return _world_size() > 1 and not has_images
+
+    def before_model(self, module, args, kwargs):
+        """Generation prefill: run the tower where ``generate`` runs it on a rank with images."""
+        cache = kwargs.get("past_key_values")
+        if self._needed(kwargs) and cache is not None and cache.get_seq_length() == 0:
+            pixels, grid = dummy_vision_inputs(self.decoder.config, self.decoder.device, self.decoder.visual.dtype)
+            self.decoder.get_image_features(pixel_values=pixels, image_grid_thw=grid)
+        return None
+
+    def before_decoder(self, module, args, kwargs):
+        """Training layout (no cache): send a masked dummy image through the model's own image path."""
+        self.masked_image = False
+        if not self._needed(kwargs) or kwargs.get("past_key_values") is not None:
+            return None
+        if args or kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None:
+            raise ValueError("sync_vision_tower_calls needs the decoder called with input_ids= and attention_mask= "
+                             "keywords (as rlvr.logprobs does) to add its masked dummy image")
+        self.masked_image = True
+        return args, self._with_masked_image(kwargs)
+
+    def _with_masked_image(self, kwargs: dict) -> dict:
+        """Append one column holding a one-token dummy image that no real token can see.
+
+        The column is the last one and its attention mask is 0, so the causal, padding and
+        linear-attention masks keep it out of every real position, and M-RoPE positions
+        skip it; the model still runs its own image path on it (vision tower, DeepStack
+        injection) in its own order, forward and backward.
+        """
+        config = self.decoder.config
+        ids = kwargs["input_ids"]  # [B, L]
+        pixels, grid = dummy_vision_inputs(config, ids.device, self.decoder.visual.dtype)
+        column = ids[:, -1:].clone()  # [B, 1]
+        column[0, 0] = config.image_token_id
+        types = torch.zeros_like(column)  # [B, 1]
+        types[0, 0] = 1
+        mm_types = kwargs.get("mm_token_type_ids")
+        if mm_types is None:
+            mm_types = torch.zeros_like(ids)
+        mask = kwargs["attention_mask"]
+        return {
+            **kwargs,
+            "input_ids": torch.cat([ids, column], dim=1),  # [B, L+1]
+            "attention_mask": torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1),  # [B, L+1]
+            "mm_token_type_ids": torch.cat([mm_types, types.to(mm_types.dtype)], dim=1),  # [B, L+1]
+            "pixel_values": pixels,
+            "image_grid_thw": grid,
+        }
+
+    def after_decoder(self, module, args, kwargs, output):
+        if self.masked_image:
+            output.last_hidden_state = output.last_hidden_state[:, :-1]  # [B, L, H]: drop the dummy column
+        self.masked_image = False
         return output
-    if any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")):
-        return output
-    cache = kwargs.get("past_key_values")
-    if cache is not None and cache.get_seq_length() > 0:
-        return output  # a decode step: no rank runs the vision tower there
-    hidden = output.last_hidden_state  # [B, L, H]
-    pixels, grid = dummy_vision_inputs(decoder.config, hidden.device, decoder.visual.dtype)
-    vision_out = decoder.visual(pixels, grid_thw=grid)
-    # 0 * (every output): the same parameter gathers forward and backward as a real image,
-    # zero gradients, and not a single changed value.
-    zero = sum(t.float().sum() for t in _tensors(vision_out) if t.is_floating_point()) * 0.0
-    output.last_hidden_state = hidden + zero.to(hidden.dtype)
-    return output
 
 
 def sync_vision_tower_calls(model) -> None:
     """Make every rank call the vision tower in every forward that could: the ZeRO-3 fix.
 
     Under ZeRO-3 each module gathers its partitioned parameters with a collective when it
-    runs (and reduce-scatters their gradients in backward). A rank whose micro-batch is
-    text-only skips the vision tower while another rank runs it, and both wait forever.
-    The hook runs the tower on a one-patch dummy image whenever a multi-process forward
-    that starts a sequence (training, or the prefill of generation) has no image, and adds
-    ``0 * sum(outputs)`` to the hidden states so backward reaches every vision parameter
-    too. Single-process runs and decode steps are untouched. Installed by ``load_model``;
-    tested with two ZeRO-3 CPU processes in ``tests/test_families.py``.
+    runs, and again in backward, so all ranks must run the same modules in the same order,
+    forward and backward. A rank whose micro-batch is text-only would skip the vision tower
+    while another runs it, and both wait forever (DDP's gradient reduction stalls the same
+    way). In a multi-process run, a decoder call with no image therefore still runs it:
+
+    - training-layout forwards (no cache; ``rlvr.logprobs``): one extra, fully masked
+      column carrying a one-token dummy image goes through the model's own image path,
+      so the order of gathers matches a real image exactly, DeepStack included; the
+      column is dropped from the output, so no log-prob changes;
+    - the prefill of generation (forward only): ``generate`` runs the tower on real
+      images before it calls the model, outside DeepSpeed's forward step; a rank without
+      images runs it on the dummy image at the same point, a pre-hook of the whole model
+      registered before ``accelerator.prepare`` adds DeepSpeed's own;
+    - decode steps and single-process runs: nothing.
+
+    DeepSpeed also checks that every rank recorded the same module order, so "the same
+    modules" is not enough: the order and the step they fall in must match too. Installed
+    by ``load_model`` (before ``prepare``); tested with two ZeRO-3 CPU processes, with
+    generation, forward and backward, in ``tests/test_families.py``.
     """
     decoder, _ = decoder_and_head(model)
-    if not getattr(decoder, "_rlvr_vision_sync", False):
-        decoder.register_forward_hook(_vision_sync_hook, with_kwargs=True)
-        decoder._rlvr_vision_sync = True
+    if getattr(model, "_rlvr_vision_sync", None) is None:
+        sync = _VisionTowerSync(decoder)
+        model.register_forward_pre_hook(sync.before_model, with_kwargs=True)
+        decoder.register_forward_pre_hook(sync.before_decoder, with_kwargs=True)
+        decoder.register_forward_hook(sync.after_decoder, with_kwargs=True)
+        model._rlvr_vision_sync = sync
 
 
 def vision_tower(model) -> torch.nn.Module:
