@@ -256,8 +256,8 @@ class _VisionTowerSync:
         config = self.decoder.config
         ids = kwargs["input_ids"]  # [B, L]
         pixels, grid = dummy_vision_inputs(config, ids.device, self.decoder.visual.dtype)
-        column = ids[:, -1:].clone()  # [B, 1]
-        column[0, 0] = config.image_token_id
+        column = ids[:, -1:].masked_fill(ids[:, -1:] == config.image_token_id, 0)  # [B, 1]; any masked token
+        column[0, 0] = config.image_token_id  # one image token in all: one merged patch
         types = torch.zeros_like(column)  # [B, 1]
         types[0, 0] = 1
         mm_types = kwargs.get("mm_token_type_ids")
