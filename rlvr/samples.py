@@ -1,0 +1,364 @@
+"""What the model writes: a few rollouts per step as a self-contained HTML page and a wandb table.
+
+    SampleLogger(cfg, wandb_run).log(step, examples, responses, texts, rewards)   # in the trainer
+    write_sample_page(run_dir, step, rows)                                        # any list of SampleRow
+
+Pages go to ``<run_dir>/samples/step_000100.html`` with ``samples/index.html`` listing them.
+A page needs nothing but itself: images are embedded (downscaled to at most
+``THUMB_PIXELS`` on the long side), there is no script and no external resource, so it
+opens in any browser, also from a copied folder. Long completions are folded with
+``<details>``, never cut: the whole text is in the page. Everything from the data and
+the model is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+THUMB_PIXELS = 448  # long side of embedded images, pixels
+FOLD_CHARS = 1200  # completions longer than this (or FOLD_LINES lines) are folded
+FOLD_LINES = 24
+PREVIEW_CHARS = 500  # shown above the fold
+_PAGE_RE = re.compile(r"^step_(\d+)\.html$")
+
+
+@dataclass
+class SampleRow:
+    """One rollout as shown to a person."""
+
+    id: str
+    question: str
+    images: list[Any]  # image references (paths, bytes, PIL images), as in rlvr.data.Example
+    completion: str
+    extracted: str | None  # the final answer the verifier found; None = none
+    gold: str
+    reward: float
+    outcome: str = ""  # verifier outcome: correct, wrong, no_answer, timeout, error
+    source: str = ""
+    response_tokens: int | None = None
+    finished: bool | None = None  # False: cut at rollout.max_new_tokens
+    note: str = ""  # e.g. "5/16 correct in its group"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- choosing rollouts
+
+
+def pick_rollouts(rewards: Sequence[float], group_size: int, n: int) -> list[int]:
+    """Indices of ``n`` responses to show from a prompt-major batch of groups of ``group_size``.
+
+    Prompts are spread evenly over the batch; within a prompt, picks alternate between a
+    rewarded and an unrewarded response where the group has both, so a page shows what
+    right and wrong look like. Deterministic.
+    """
+    total = len(rewards)
+    n = min(n, total)
+    if n <= 0:
+        return []
+    groups = -(-total // group_size)
+    spread = [(j * groups) // min(groups, n) for j in range(min(groups, n))]  # evenly spaced prompts
+    chosen: list[int] = []
+    while len(chosen) < n:
+        before = len(chosen)
+        for g in spread:
+            if len(chosen) == n:
+                break
+            members = [i for i in range(g * group_size, min(total, (g + 1) * group_size)) if i not in chosen]
+            want_rewarded = len(chosen) % 2 == 0
+            preferred = [i for i in members if (rewards[i] > 0) == want_rewarded]
+            if members:
+                chosen.append((preferred or members)[0])
+        if len(chosen) == before:  # every response of the spread prompts is shown
+            break
+    return chosen[:n]
+
+
+def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Sequence[str], rewards: Sequence[float],
+                 group_size: int, n: int, answer_extraction: str = "boxed") -> list[SampleRow]:
+    """``SampleRow``s for ``n`` rollouts of one step.
+
+    ``examples[i]`` is the ``rlvr.data.Example`` response i answers (one per response,
+    prompt-major as ``rlvr.rollout.generate`` returns them), ``responses`` the
+    ``rlvr.rollout.Response``s (or None), ``texts`` the decoded completions, ``rewards`` the
+    total rewards. The extracted answer and outcome come from the default verifier, run on
+    the chosen few only.
+    """
+    from rlvr.rewards import default_verifier
+
+    idx = pick_rollouts(rewards, group_size, n)
+    if not idx:
+        return []
+    results = default_verifier().verify_batch([texts[i] for i in idx], [examples[i].gold for i in idx])
+    rows = []
+    for i, res in zip(idx, results):
+        e = examples[i]
+        g = i // group_size
+        group = rewards[g * group_size:(g + 1) * group_size]
+        rewarded = sum(1 for r in group if r > 0)
+        resp = responses[i] if responses is not None else None
+        rows.append(SampleRow(
+            id=e.id, question=e.question, images=list(e.images), completion=texts[i], extracted=res.extracted,
+            gold=e.answer, reward=float(rewards[i]), outcome=res.outcome, source=e.source,
+            response_tokens=len(resp.token_ids) if resp is not None else None,
+            finished=resp.finished if resp is not None else None,
+            note=f"{rewarded}/{len(group)} rewarded in its group",
+        ))
+    return rows
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+:root { --ok: #1a7f37; --bad: #c62828; --muted: #57606a; --line: #d0d7de; --bg: #f6f8fa; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1f2328; background: #fff; }
+header { padding: 16px 24px; border-bottom: 1px solid var(--line); background: var(--bg); }
+header h1 { margin: 0 0 4px; font-size: 20px; }
+header p { margin: 0; color: var(--muted); }
+a { color: #0969da; }
+main { padding: 16px 24px; max-width: 1200px; }
+article { display: flex; gap: 20px; padding: 16px; margin: 0 0 16px; border: 1px solid var(--line);
+          border-left: 6px solid var(--muted); border-radius: 6px; }
+article.rewarded { border-left-color: var(--ok); }
+article.unrewarded { border-left-color: var(--bad); }
+.images { flex: 0 0 224px; display: flex; flex-direction: column; gap: 8px; }
+figure { margin: 0; }
+figure img { display: block; width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px;
+             image-rendering: auto; }
+figcaption { font-size: 12px; color: var(--muted); }
+.missing { padding: 24px 12px; border: 1px dashed var(--bad); color: var(--bad); font-size: 13px; overflow-wrap: anywhere; }
+.body { flex: 1 1 auto; min-width: 0; }
+.badges { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 8px; }
+.badge { font-size: 12px; padding: 1px 8px; border-radius: 10px; background: var(--bg); border: 1px solid var(--line); }
+.badge.ok { background: #dafbe1; border-color: #4ac26b; color: var(--ok); font-weight: 600; }
+.badge.bad { background: #ffebe9; border-color: #ff8182; color: var(--bad); font-weight: 600; }
+h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); margin: 10px 0 2px; }
+.question { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 6px 0; }
+dt { color: var(--muted); }
+dd { margin: 0; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; overflow-wrap: anywhere; }
+pre { margin: 0; padding: 10px 12px; background: var(--bg); border: 1px solid var(--line); border-radius: 4px;
+      white-space: pre-wrap; overflow-wrap: anywhere; font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.empty { color: var(--muted); font-style: italic; }
+details > summary { cursor: pointer; list-style: none; }
+details > summary::-webkit-details-marker { display: none; }
+details > summary .more { display: inline-block; margin-top: 4px; color: #0969da; font-size: 13px; }
+details > summary .more::before { content: "\\25B8  "; }
+details[open] > summary .preview { display: none; }
+details[open] > summary .more::before { content: "\\25BE  "; }
+.fade { color: var(--muted); }
+table.index { border-collapse: collapse; }
+table.index td, table.index th { padding: 4px 14px 4px 0; text-align: left; border-bottom: 1px solid var(--line); }
+@media (max-width: 700px) { article { flex-direction: column; } .images { flex-basis: auto; max-width: 320px; } }
+"""
+
+
+def _image_data_uri(ref: Any) -> tuple[str, str]:
+    """(data URI of a downscaled copy, caption with the original size)."""
+    from PIL import Image
+
+    from rlvr.data import open_image
+
+    image = open_image(ref)
+    width, height = image.size
+    image.thumbnail((THUMB_PIXELS, THUMB_PIXELS), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    mime = "image/png"
+    if buf.tell() > 200_000:  # photographs: JPEG is a fraction of the size
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85)
+        mime = "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}", f"{width}\u00d7{height} px"
+
+
+def _images_html(row: SampleRow) -> str:
+    if not row.images:
+        return '<div class="images"><div class="missing" style="border-color:#d0d7de;color:#57606a">text only</div></div>'
+    parts = []
+    for k, ref in enumerate(row.images, 1):
+        name = ref if isinstance(ref, str) else f"<{type(ref).__name__}>"
+        try:
+            uri, caption = _image_data_uri(ref)
+        except Exception as e:  # noqa: BLE001 - a page with a hole beats no page
+            parts.append(f'<div class="missing">image {k} could not be read: {html.escape(str(name))} '
+                         f'({html.escape(type(e).__name__)})</div>')
+            continue
+        alt = f"image {k} of {len(row.images)} for {row.id}"
+        label = f"{caption}" + (f" \u00b7 {k}/{len(row.images)}" if len(row.images) > 1 else "")
+        parts.append(f'<figure><img src="{uri}" alt="{html.escape(alt)}" title="{html.escape(str(name))}">'
+                     f'<figcaption>{html.escape(label)}</figcaption></figure>')
+    return '<div class="images">' + "".join(parts) + "</div>"
+
+
+def _completion_html(text: str) -> str:
+    if not text:
+        return '<pre class="completion empty">(empty completion)</pre>'
+    lines = text.count("\n") + 1
+    if len(text) <= FOLD_CHARS and lines <= FOLD_LINES:
+        return f'<pre class="completion">{html.escape(text)}</pre>'
+    preview = text[:PREVIEW_CHARS]
+    preview = "\n".join(preview.split("\n")[:FOLD_LINES // 2])
+    return (f'<details class="fold"><summary><pre class="preview">{html.escape(preview)}<span class="fade">'
+            f' \u2026</span></pre><span class="more">show the whole completion ({len(text):,} characters, '
+            f'{lines:,} lines)</span></summary><pre class="completion">{html.escape(text)}</pre></details>')
+
+
+def _row_html(row: SampleRow) -> str:
+    rewarded = row.reward > 0
+    badge = "ok" if rewarded else "bad"
+    badges = [f'<span class="badge {badge}">reward {row.reward:.2f}' + (f" \u00b7 {html.escape(row.outcome)}"
+                                                                          if row.outcome else "") + "</span>"]
+    badges.append(f'<span class="badge">id {html.escape(str(row.id))}</span>')
+    if row.source:
+        badges.append(f'<span class="badge">source {html.escape(row.source)}</span>')
+    if row.response_tokens is not None:
+        cut = " \u00b7 cut at the token limit" if row.finished is False else ""
+        badges.append(f'<span class="badge">{row.response_tokens} tokens{cut}</span>')
+    if row.note:
+        badges.append(f'<span class="badge">{html.escape(row.note)}</span>')
+    extracted = ('<span class="empty">(no final answer found)</span>' if row.extracted is None
+                 else html.escape(row.extracted))
+    return (
+        f'<article class="sample {"rewarded" if rewarded else "unrewarded"}">{_images_html(row)}<div class="body">'
+        f'<div class="badges">{"".join(badges)}</div>'
+        f'<h2>Question</h2><p class="question">{html.escape(row.question)}</p>'
+        f'<dl><dt>Gold answer</dt><dd class="gold">{html.escape(row.gold)}</dd>'
+        f'<dt>Extracted answer</dt><dd class="extracted">{extracted}</dd></dl>'
+        f'<h2>Completion</h2>{_completion_html(row.completion)}</div></article>'
+    )
+
+
+def render_page(title: str, subtitle_html: str, rows: Sequence[SampleRow]) -> str:
+    """A complete, self-contained HTML document showing ``rows``."""
+    body = "\n".join(_row_html(r) for r in rows) or '<p class="empty">No rollouts.</p>'
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body><header>'
+            f'<h1>{html.escape(title)}</h1><p>{subtitle_html}</p></header>\n<main>\n{body}\n</main></body></html>\n')
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)  # a browser refreshing the page never sees half of it
+
+
+def _pages(folder: str) -> list[tuple[int, str]]:
+    found = []
+    for name in os.listdir(folder):
+        match = _PAGE_RE.match(name)
+        if match:
+            found.append((int(match.group(1)), name))
+    return sorted(found)
+
+
+def write_index(folder: str, run_name: str) -> str:
+    """(Re)write ``folder/index.html`` listing every ``step_*.html`` page."""
+    pages = _pages(folder)
+    rows = "".join(f'<tr><td><a href="{name}">step {step}</a></td></tr>' for step, name in pages)
+    doc = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(run_name)}: samples'
+           f'</title><style>{_CSS}</style></head><body><header><h1>{html.escape(run_name)}: rollout samples</h1>'
+           f'<p>{len(pages)} page{"s" * (len(pages) != 1)}, one per logged step</p></header><main>'
+           f'<table class="index"><tr><th>page</th></tr>{rows}</table></main></body></html>\n')
+    path = os.path.join(folder, "index.html")
+    _write_atomic(path, doc)
+    return path
+
+
+def write_sample_page(run_dir: str, step: int, rows: Sequence[SampleRow], title: str | None = None) -> str:
+    """Write ``<run_dir>/samples/step_<step>.html`` (and refresh ``index.html``); returns its path."""
+    folder = os.path.join(run_dir, "samples")
+    os.makedirs(folder, exist_ok=True)
+    run_name = os.path.basename(os.path.abspath(run_dir))
+    name = f"step_{step:06d}.html"
+    earlier = [n for s, n in _pages(folder) if s < step]
+    links = ['<a href="index.html">all steps</a>']
+    if earlier:
+        links.append(f'<a href="{earlier[-1]}">previous page</a>')
+    mean = sum(r.reward for r in rows) / len(rows) if rows else float("nan")
+    subtitle = (f"run {html.escape(run_name)} \u00b7 {len(rows)} rollouts, mean reward of these {mean:.2f} "
+                f"\u00b7 written {time.strftime('%Y-%m-%d %H:%M:%S')} \u00b7 " + " \u00b7 ".join(links))
+    path = os.path.join(folder, name)
+    _write_atomic(path, render_page(title or f"{run_name} \u00b7 step {step}", subtitle, rows))
+    write_index(folder, run_name)
+    return path
+
+
+# --------------------------------------------------------------------------- wandb
+
+
+TABLE_COLUMNS = ["step", "id", "source", "image", "question", "completion", "extracted", "gold", "reward", "outcome",
+                 "response_tokens"]
+
+
+def log_samples_wandb(run, step: int, rows: Sequence[SampleRow], key: str = "samples/rollouts") -> None:
+    """Log ``rows`` to the wandb ``run`` as a table with the (first) image of each row."""
+    import wandb
+
+    from rlvr.data import open_image
+
+    table = wandb.Table(columns=TABLE_COLUMNS)
+    for r in rows:
+        image = None
+        if r.images:
+            try:
+                image = wandb.Image(open_image(r.images[0]), caption=f"{r.id} (1 of {len(r.images)})")
+            except Exception:  # noqa: BLE001 - an unreadable image leaves an empty cell
+                image = None
+        table.add_data(step, r.id, r.source, image, r.question, r.completion, r.extracted, r.gold, r.reward,
+                       r.outcome, r.response_tokens)
+    run.log({key: table}, step=step)
+
+
+# --------------------------------------------------------------------------- trainer hook
+
+
+class SampleLogger:
+    """Every ``log.samples_every`` steps, ``log.samples_per_step`` rollouts to a page and wandb.
+
+    Main process only. Reads ``cfg.log.samples_every`` / ``cfg.log.samples_per_step`` where
+    the config has them (defaults 50 and 4 until it does). Never raises: a failure to write
+    samples is logged and training goes on.
+    """
+
+    def __init__(self, cfg, wandb_run=None, enabled: bool = True):
+        self.run_dir = cfg.output_dir
+        self.every = int(getattr(cfg.log, "samples_every", 50))
+        self.per_step = int(getattr(cfg.log, "samples_per_step", 4))
+        self.group_size = cfg.rollout.group_size
+        self.answer_extraction = cfg.reward.answer_extraction
+        self.wandb_run = wandb_run
+        self.enabled = enabled and self.every > 0 and self.per_step > 0
+
+    def due(self, step: int) -> bool:
+        """Whether 1-based ``step`` gets a page (step 1 always does, to show the start)."""
+        return self.enabled and (step == 1 or step % self.every == 0)
+
+    def log(self, step: int, examples, responses, texts, rewards) -> str | None:
+        """Pick and write this step's rollouts if due; returns the page path (or None)."""
+        if not self.due(step):
+            return None
+        try:
+            rewards = [float(r) for r in rewards]
+            rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step,
+                                self.answer_extraction)
+            path = write_sample_page(self.run_dir, step, rows)
+            if self.wandb_run is not None:
+                log_samples_wandb(self.wandb_run, step, rows)
+            return path
+        except Exception:  # noqa: BLE001 - samples are for people; never stop training for them
+            logger.exception("could not write the samples of step %d", step)
+            return None

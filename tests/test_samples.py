@@ -1,0 +1,141 @@
+"""Sample pages and tables: choosing rollouts, a self-contained escaped HTML page, wandb offline files."""
+
+import glob
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from rlvr.data import Example
+from rlvr.rewards import parse_gold
+from rlvr.rollout import Response
+from rlvr.samples import (
+    FOLD_CHARS,
+    SampleLogger,
+    SampleRow,
+    log_samples_wandb,
+    pick_rollouts,
+    rollout_rows,
+    write_sample_page,
+)
+from tests.conftest import save_image
+
+EVIL = 'The answer is \\boxed{7}</pre><script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
+
+
+def make_rows(tmp_path, long_text: str | None = None) -> list[SampleRow]:
+    red = save_image(tmp_path / "red.png", (200, 120), (220, 30, 30))
+    blue = save_image(tmp_path / "blue.png", (64, 64), (30, 30, 220))
+    long_text = long_text or "\n".join(f"Step {i}: the colour still looks red, so keep counting." for i in range(80)) + \
+        "\nSo the answer is \\boxed{3}. THE-VERY-END"
+    return [
+        SampleRow(id="q1", question="Which digit is <red>?", images=[red], completion=EVIL, extracted="7", gold="7",
+                  reward=1.0, outcome="correct", source="colours", response_tokens=30, finished=True,
+                  note="3/4 rewarded in its group"),
+        SampleRow(id="q2", question="Two images: which is blue?", images=[red, blue], completion=long_text,
+                  extracted="3", gold="2", reward=0.0, outcome="wrong", source="colours", response_tokens=900,
+                  finished=False),
+        SampleRow(id="q3", question="Text only: 1 + 1?", images=[], completion="", extracted=None, gold="2", reward=0.0,
+                  outcome="no_answer"),
+        SampleRow(id="q4", question="Missing image", images=[str(tmp_path / "gone.png")], completion="2", extracted="2",
+                  gold="2", reward=1.0, outcome="correct"),
+    ]
+
+
+def test_pick_rollouts_spreads_prompts_and_mixes_outcomes():
+    rewards = [0, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0]  # four groups of 4
+    assert pick_rollouts(rewards, 4, 4) == [1, 4, 8, 12]  # one per prompt; rewarded, then not, where possible
+    assert len(set(pick_rollouts(rewards, 4, 8))) == 8
+    assert len(pick_rollouts(rewards, 4, 100)) == 16
+    assert pick_rollouts(rewards, 4, 0) == [] and pick_rollouts([], 4, 3) == []
+    assert pick_rollouts(rewards, 4, 2) == [1, 8]  # prompts 0 and 2: evenly spread
+
+
+def test_page_is_self_contained_escaped_and_folds_without_cutting(tmp_path):
+    rows = make_rows(tmp_path)
+    path = write_sample_page(str(tmp_path / "run"), 100, rows)
+    assert path == str(tmp_path / "run" / "samples" / "step_000100.html")
+    page = open(path, encoding="utf-8").read()
+    # self-contained: images are data URIs, nothing is fetched from anywhere
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3
+    assert not re.search(r'(src|href)="(https?:|//|file:)', page)
+    assert "<script" not in page.replace("&lt;script", "")  # the model's text is escaped
+    assert "&lt;/pre&gt;&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
+    # the long completion is folded, and complete
+    assert "<details" in page and "THE-VERY-END" in page and "Step 79:" in page
+    assert "show the whole completion" in page
+    # what a reader needs: gold, extraction, reward, ids, lengths, the text-only row and the unreadable image
+    for text in ("Gold answer", "Extracted answer", "reward 1.00 \u00b7 correct", "id q2", "900 tokens \u00b7 cut at the token limit",
+                 "3/4 rewarded in its group", "text only", "(no final answer found)", "(empty completion)",
+                 "image 1 could not be read", "Which digit is &lt;red&gt;?", "200\u00d7120 px"):
+        assert text in page, text
+    index = open(tmp_path / "run" / "samples" / "index.html", encoding="utf-8").read()
+    assert 'href="step_000100.html"' in index
+    write_sample_page(str(tmp_path / "run"), 200, rows[:1])
+    second = open(tmp_path / "run" / "samples" / "step_000200.html", encoding="utf-8").read()
+    assert 'href="step_000100.html"' in second  # link to the previous page
+    assert "step 200" in open(tmp_path / "run" / "samples" / "index.html", encoding="utf-8").read()
+
+
+def test_short_completion_is_not_folded(tmp_path):
+    row = make_rows(tmp_path, long_text="x" * (FOLD_CHARS - 1))[1]
+    page = open(write_sample_page(str(tmp_path), 1, [row]), encoding="utf-8").read()
+    assert "<details" not in page and "x" * (FOLD_CHARS - 1) in page
+
+
+def _batch(tmp_path):
+    image = save_image(tmp_path / "img.png")
+    examples = [Example(id=f"p{i}", question=f"q{i}?", answer=str(i), gold=parse_gold(str(i)), images=[image],
+                        source="s") for i in range(2)]
+    texts = ["\\boxed{0}", "\\boxed{5}", "no idea", "\\boxed{1}"]  # prompt 0: right, wrong; prompt 1: none, right
+    per_response = [examples[0], examples[0], examples[1], examples[1]]
+    responses = [Response(i // 2, torch.tensor([1, 2, 3]), torch.zeros(3), finished=i != 2) for i in range(4)]
+    return per_response, responses, texts, [1.0, 0.0, 0.0, 1.0]
+
+
+def test_rollout_rows_from_a_training_batch(tmp_path):
+    per_response, responses, texts, rewards = _batch(tmp_path)
+    rows = rollout_rows(per_response, responses, texts, rewards, group_size=2, n=2)
+    assert [(r.id, r.extracted, r.outcome, r.reward) for r in rows] == [("p0", "0", "correct", 1.0),
+                                                                         ("p1", None, "no_answer", 0.0)]
+    assert rows[1].finished is False and rows[0].response_tokens == 3 and rows[0].note == "1/2 rewarded in its group"
+
+
+def test_sample_logger_schedule_and_never_raises(tmp_path):
+    from rlvr.config import Config
+
+    cfg = Config(output_dir=str(tmp_path / "run"))
+    logger = SampleLogger(cfg)
+    assert (logger.every, logger.per_step) == (50, 4)  # defaults until log.samples_* exist in the config
+    assert [s for s in range(1, 201) if logger.due(s)] == [1, 50, 100, 150, 200]
+    per_response, responses, texts, rewards = _batch(tmp_path)
+    path = logger.log(50, per_response, responses, texts, rewards)
+    assert path and os.path.isfile(path)
+    assert logger.log(51, per_response, responses, texts, rewards) is None
+    assert logger.log(100, per_response, responses, texts[:1], rewards) is None  # broken input: logged, not raised
+
+
+def test_wandb_offline_table_with_images(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where wandb stages a table's media
+    run = wandb.init(project="rlvr-test", dir=str(tmp_path), mode="offline")
+    log_samples_wandb(run, 3, make_rows(tmp_path))
+    run_dir, run_id = run.dir, run.id
+    run.finish()
+    wandb.teardown()  # stop the wandb service, which flushes the run's record file
+    # The offline run's files: the record file names the table's artifact, the table itself is
+    # in files/media, and its images are staged as PNG files for `wandb sync`.
+    records = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / f"run-{run_id}.wandb"))
+    assert records and f"run-{run_id}-samplesrollouts".encode() in open(records[0], "rb").read()
+    tables = glob.glob(os.path.join(run_dir, "media", "table", "samples", "rollouts_*.table.json"))
+    assert tables, os.listdir(run_dir)
+    table = json.load(open(tables[0]))
+    assert table["columns"][:4] == ["step", "id", "source", "image"] and len(table["data"]) == 4
+    assert table["data"][0][1] == "q1" and table["data"][0][5] == EVIL
+    staged = [p for p in glob.glob(str(tmp_path / "wandb-data" / "**" / "*"), recursive=True) if os.path.isfile(p)]
+    pngs = [p for p in staged if open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"]
+    assert len(pngs) >= 2, staged  # q1's image and q2's first; q3 is text only, q4's image is missing
