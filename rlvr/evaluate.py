@@ -1,0 +1,528 @@
+"""Evaluation: pass@k, maj@k, greedy accuracy, lengths and verifier outcomes on validation data.
+
+During training (the trainer calls it every ``eval.every_steps`` and at the end)::
+
+    evaluator = Evaluator(cfg, processor, val_examples, accelerator=acc, out_dir=f"{cfg.output_dir}/eval")
+    metrics.update(evaluator.run(model, step))      # eval/* keys plus time/eval_s
+
+Any saved model, a run's ``final/``, or a checkpoint, from the command line::
+
+    python -m rlvr.evaluate --model DIR --data FILE.jsonl [--k 8] [--config recipes/X.yaml] [key=value ...]
+
+It samples ``eval.k`` responses per prompt with the training rollout engine
+(``rlvr.rollout.generate``) and scores them with the numeric verifier (``rlvr.rewards``):
+accuracy means the verifier's verdict, not the training reward, which may add shaping
+terms. Estimators are in ``rlvr.metrics``. Predictions are written one JSON object per
+response, with ``completion`` and ``answer``, so ``python -m rlvr.score`` reads them back
+(``predictions.jsonl``: the sampled responses, whose accuracy is pass@1;
+``predictions_greedy.jsonl``: the greedy ones).
+
+Sampling is seeded by ``eval.seed`` alone, inside a forked RNG: two evaluations of the same
+weights give the same numbers, and evaluating does not change the training run's random
+stream (a resumed run stays identical to an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings; ``rlvr.config.Config.eval`` once the config has that section."""
+
+    every_steps: int = 0  # evaluate on data.val_files every N RL steps; 0 = only at the end
+    k: int = 8  # sampled responses per prompt: pass@1 is their mean; pass@k and maj@k use all k
+    greedy: bool = True  # also decode one greedy response per prompt (eval/greedy)
+    max_prompts: int | None = None  # evaluate on the first N validation rows only; None = all
+    temperature: float | None = None  # sampling temperature; None = rollout.temperature
+    max_new_tokens: int | None = None  # response length cap, tokens; None = rollout.max_new_tokens
+    seed: int = 1234  # sampling seed, the same at every evaluation
+
+
+def eval_config(cfg) -> EvalConfig:
+    """``cfg.eval`` where the config tree has it, else the defaults above."""
+    return getattr(cfg, "eval", None) or EvalConfig()
+
+
+def _fork_rng(device):
+    import torch
+
+    devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+class Evaluator:
+    """Evaluates a policy on fixed validation examples; one instance for the whole run.
+
+    Under several processes every rank must call ``run`` (it gathers results); each
+    evaluates a slice of the prompts, padded so all ranks run the same number of generate
+    calls. Predictions are written by the main process only.
+    """
+
+    def __init__(self, cfg, processor, examples: Sequence[Any], settings: EvalConfig | None = None,
+                 accelerator=None, out_dir: str | None = None):
+        self.cfg = cfg
+        self.settings = settings or eval_config(cfg)
+        s = self.settings
+        if s.k < 1:
+            raise ValueError(f"eval.k={s.k} must be >= 1 (samples per prompt)")
+        self.processor = processor
+        self.examples = list(examples)[: s.max_prompts] if s.max_prompts is not None else list(examples)
+        self.accelerator = accelerator
+        self.out_dir = out_dir
+        self.rollout = dataclasses.replace(
+            cfg.rollout, group_size=s.k,
+            temperature=s.temperature if s.temperature is not None else cfg.rollout.temperature,
+            max_new_tokens=s.max_new_tokens if s.max_new_tokens is not None else cfg.rollout.max_new_tokens,
+        )
+        self.predictions: list[dict] = []  # rows of the latest run, sampled responses
+        self.greedy_predictions: list[dict] = []
+
+    # ------------------------------------------------------------------ schedule
+
+    def due(self, step: int, max_steps: int) -> bool:
+        """Whether to evaluate after 1-based ``step``: every ``eval.every_steps`` and at the last step."""
+        if not self.examples:
+            return False
+        every = self.settings.every_steps
+        return step == max_steps or (every > 0 and step % every == 0)
+
+    # ------------------------------------------------------------------ running
+
+    def _slice(self) -> tuple[list[int], int]:
+        """This rank's example indices and how many it must pad to (equal on every rank)."""
+        acc = self.accelerator
+        rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+        mine = list(range(rank, len(self.examples), world))
+        return mine, -(-len(self.examples) // world)
+
+    def _generate(self, model, indices: list[int], greedy: bool, chunk_index: int, synced_gpus: bool | None):
+        import torch
+
+        from rlvr import rollout
+        from rlvr.models import stop_token_ids
+
+        cfg = self.rollout if not greedy else dataclasses.replace(self.rollout, group_size=1)
+        prompts = [rollout.encode_prompt(self.examples[i], self.processor, self.cfg.data) for i in indices]
+        extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
+        if hasattr(rollout, "mix_seed") and not greedy:
+            # Per-prompt sampling streams: the same samples whatever the chunking or the number of ranks.
+            extra["seeds"] = [rollout.mix_seed(self.settings.seed, i) for i in indices]
+        else:
+            torch.manual_seed(self.settings.seed * 1_000_003 + chunk_index * 2 + int(greedy))
+        responses = rollout.generate(model, prompts, cfg, stop_token_ids(self.processor, model),
+                                     self.processor.tokenizer.pad_token_id, greedy=greedy, **extra)
+        texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
+        return responses, texts
+
+    def _evaluate_local(self, model, synced_gpus: bool | None) -> list[tuple[int, dict, list[dict], dict | None]]:
+        """(example index, record fields, sampled prediction rows, greedy row) for this rank's prompts."""
+        from rlvr.metrics import vote_key
+        from rlvr.rewards import default_verifier
+
+        mine, padded = self._slice()
+        k = self.settings.k
+        per_chunk = max(1, self.rollout.micro_batch_size // k)  # prompts per generate call
+        indices = mine + [mine[-1] if mine else 0] * (padded - len(mine))  # padding, dropped below
+        verifier = default_verifier()
+        out = []
+        for c, start in enumerate(range(0, len(indices), per_chunk)):
+            chunk = indices[start:start + per_chunk]
+            real = [i for j, i in enumerate(chunk) if start + j < len(mine)]
+            examples = [self.examples[i] for i in chunk]
+            responses, texts = self._generate(model, chunk, False, c, synced_gpus)
+            results = verifier.verify_batch(texts, [examples[r.prompt_index].gold for r in responses])
+            greedy = None
+            if self.settings.greedy:
+                g_responses, g_texts = self._generate(model, chunk, True, c, synced_gpus)
+                g_results = verifier.verify_batch(g_texts, [e.gold for e in examples])
+                greedy = list(zip(g_responses, g_texts, g_results))
+            for p, index in enumerate(real):
+                e = self.examples[index]
+                rows = []
+                for j in range(p * k, (p + 1) * k):
+                    rows.append(_prediction(e, j - p * k, responses[j], texts[j], results[j]))
+                record = {
+                    "id": e.id, "source": e.source, "rewards": [r["reward"] for r in rows],
+                    "votes": [vote_key(r["extracted"]) for r in rows],
+                    "lengths": [r["response_tokens"] for r in rows], "truncated": [not r["finished"] for r in rows],
+                    "outcomes": [r["outcome"] for r in rows],
+                }
+                g_row = None
+                if greedy is not None:
+                    g_row = _prediction(e, "greedy", *greedy[p])
+                    record["greedy_reward"] = g_row["reward"]
+                out.append((index, record, rows, g_row))
+        return out
+
+    def run(self, model, step: int | None = None, synced_gpus: bool | None = None) -> dict[str, float]:
+        """Evaluate ``model`` and return ``eval/*`` metrics and ``time/eval_s``.
+
+        ``model``: the transformers model to generate with (in training, the one
+        ``rlvr.distributed.generation_model`` yields, with its ``synced_gpus``). Writes
+        ``<out_dir>/step_NNNNNN.jsonl`` (and ``..._greedy.jsonl``) on the main process when
+        ``out_dir`` was given. The model's train/eval mode is restored afterwards.
+        """
+        import torch
+
+        from rlvr.metrics import PromptRecord, summarize
+
+        if not self.examples:
+            return {}
+        start = time.perf_counter()
+        acc = self.accelerator
+        policy = acc.unwrap_model(model) if acc is not None else model
+        was_training = policy.training
+        policy.eval()
+        try:
+            with _fork_rng(next(policy.parameters()).device), torch.no_grad():
+                local = self._evaluate_local(policy, synced_gpus)
+        finally:
+            policy.train(was_training)
+        if acc is not None and acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            local = gather_object(local)
+        local = sorted({index: item for index, *item in local}.items())  # one per example, in data order
+        records = [PromptRecord(**record) for _, (record, _, _) in local]
+        self.predictions = [row for _, (_, rows, _) in local for row in rows]
+        self.greedy_predictions = [g for _, (_, _, g) in local if g is not None]
+        metrics = summarize(records)
+        metrics["eval/samples_per_prompt"] = float(self.settings.k)
+        metrics["time/eval_s"] = time.perf_counter() - start
+        if self.out_dir and (acc is None or acc.is_main_process):
+            name = f"step_{step:06d}" if step is not None else "predictions"
+            self.write_predictions(os.path.join(self.out_dir, f"{name}.jsonl"),
+                                   os.path.join(self.out_dir, f"{name}_greedy.jsonl"))
+        return metrics
+
+    def write_predictions(self, path: str, greedy_path: str | None = None) -> None:
+        """The latest run's predictions as JSONL that ``python -m rlvr.score`` reads."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _write_jsonl(path, self.predictions)
+        if greedy_path and self.greedy_predictions:
+            _write_jsonl(greedy_path, self.greedy_predictions)
+
+
+def _prediction(example, sample, response, text: str, result) -> dict:
+    return {
+        "id": example.id, "source": example.source, "sample": sample, "question": example.question,
+        "images": [ref for ref in example.images if isinstance(ref, str)],
+        "completion": text, "answer": example.answer, "extracted": result.extracted, "reward": result.reward,
+        "outcome": result.outcome, "response_tokens": len(response.token_ids), "finished": response.finished,
+    }
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")  # ASCII escapes: any completion survives the round trip
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- finding a model
+
+
+class ModelNotFound(ValueError):
+    """--model does not point at something loadable; the message says what was found."""
+
+
+@dataclass
+class ModelSource:
+    weights_dir: str  # Hugging Face model folder or hub id to load with from_pretrained (the base model)
+    state_dict_file: str | None  # a checkpoint's model.safetensors to load over it
+    processor_dir: str  # folder (or hub id) holding the processor
+    run_config: str | None  # the run's config.yaml, when the model belongs to a run
+    label: str  # short name for output folders: "final", "step_000060", or the folder name
+    adapter_dir: str | None = None  # a peft LoRA adapter folder to merge into the base model
+
+
+def _is_hf_model(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _is_adapter(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
+
+
+def _has_processor(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in
+               ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"))
+
+
+def _run_base_model(run_config: str | None) -> str | None:
+    import yaml
+
+    if not run_config:
+        return None
+    with open(run_config, encoding="utf-8") as f:
+        return ((yaml.safe_load(f) or {}).get("model") or {}).get("name_or_path") or None
+
+
+def resolve_model(path: str) -> ModelSource:
+    """Where to load a model from: a Hugging Face folder or hub id; a run folder (its ``final/``,
+    else its latest checkpoint); a checkpoint ``RUN/checkpoints/step_N`` (its weights over the
+    run's base model); or a LoRA adapter folder (merged into its base model)."""
+    if not os.path.exists(path):
+        if path.count("/") == 1 and not path.startswith((".", "/")):
+            return ModelSource(path, None, path, None, path.replace("/", "_"))  # a hub id
+        raise ModelNotFound(f"--model {path}: no such file or folder")
+    path = os.path.abspath(path)
+    label = os.path.basename(path.rstrip("/"))
+    if os.path.isfile(os.path.join(path, "config.yaml")) and not (_is_hf_model(path) or _is_adapter(path)):
+        final = os.path.join(path, "final")  # a run folder
+        if _is_hf_model(final) or _is_adapter(final):
+            return resolve_model(final)
+        from rlvr.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path)
+        if latest:
+            return resolve_model(latest)
+        raise ModelNotFound(f"--model {path} is a run folder without final/ or a complete checkpoint")
+    parent = os.path.dirname(path)
+    if _is_hf_model(path) or _is_adapter(path):
+        run_config = os.path.join(parent, "config.yaml")
+        run_config = run_config if os.path.isfile(run_config) else None
+        base, adapter = path, None
+        if _is_adapter(path) and not _is_hf_model(path):
+            with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+                base = json.load(f).get("base_model_name_or_path") or _run_base_model(run_config)
+            if not base:
+                raise ModelNotFound(f"{path} is a LoRA adapter that names no base model (base_model_name_or_path)")
+            adapter = path
+        processor_dir = path if _has_processor(path) else (_run_base_model(run_config) or base)
+        return ModelSource(base, None, processor_dir, run_config, label, adapter)
+    weights = os.path.join(path, "model.safetensors")
+    run_config = os.path.join(os.path.dirname(parent), "config.yaml")  # RUN/checkpoints/step_N -> RUN
+    if os.path.isfile(weights) and os.path.isfile(run_config):
+        base = _run_base_model(run_config)
+        if not base:
+            raise ModelNotFound(f"{run_config} names no model.name_or_path to load the checkpoint {path} into")
+        return ModelSource(base, weights, base, run_config, label)
+    if os.path.isdir(os.path.join(path, "pytorch_model")) or any(n.endswith(".pt") for n in os.listdir(path)):
+        raise ModelNotFound(
+            f"--model {path} looks like a DeepSpeed checkpoint (sharded optimizer states); consolidate it first "
+            "with the zero_to_fp32.py script DeepSpeed puts next to it, or evaluate the run's final/ model")
+    raise ModelNotFound(
+        f"--model {path}: not a Hugging Face model folder (no config.json), a LoRA adapter (adapter_config.json), "
+        "a run folder (config.yaml) or a checkpoint (model.safetensors inside RUN/checkpoints/step_N)")
+
+
+def _match_prefix(state: dict, model_keys: set[str]) -> dict:
+    """Strip the wrappers' name prefixes a checkpoint may carry (``module.``, rlvr's ``policy.``)."""
+    for _ in range(3):
+        if not state or any(k in model_keys for k in state):
+            return state
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) != 1 or not all("." in k for k in state):
+            return state
+        cut = len(heads.pop()) + 1
+        state = {k[cut:]: v for k, v in state.items()}
+    return state
+
+
+def load_for_eval(source: ModelSource, dtype: str, attn_implementation: str, device: str, lora=None):
+    """The model of ``source`` in eval mode on ``device``: adapters merged, checkpoint weights loaded.
+
+    ``lora``: the run's ``model.lora`` settings, needed for a checkpoint of a LoRA run.
+    """
+    from rlvr.models import load_model
+
+    model = load_model(source.weights_dir, dtype, attn_implementation)
+    if source.adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
+    if source.state_dict_file:
+        from safetensors.torch import load_file
+
+        state = load_file(source.state_dict_file)
+        is_lora = any(".lora_A." in k for k in state)
+        if is_lora:
+            if lora is None or not getattr(lora, "rank", 0):
+                raise ModelNotFound(f"{source.state_dict_file} holds LoRA adapters but the run's config has no "
+                                    "model.lora settings to rebuild them; evaluate the run's final/ adapter instead")
+            from rlvr.lora import apply_lora
+
+            model = apply_lora(model, lora)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        state = _match_prefix(state, set(params))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Tied weights (embedding and output head) are stored once; either name may be the one kept.
+        names_of: dict[int, set[str]] = {}
+        for name, p in params.items():
+            names_of.setdefault(p.data_ptr(), set()).add(name)
+        missing = [k for k in missing if not (k in params and names_of[params[k].data_ptr()] & state.keys())]
+        if missing or unexpected:
+            raise ModelNotFound(f"{source.state_dict_file} does not match the model in {source.weights_dir}: "
+                                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        if is_lora:
+            model = model.merge_and_unload()
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rlvr.evaluate",
+        description="Evaluate a saved model or checkpoint: pass@k, maj@k, greedy accuracy, lengths and "
+                    "verifier outcomes, with predictions that python -m rlvr.score reads.",
+        epilog="Config: --config FILE if given, else the run's config.yaml when --model is inside a run "
+               "(so the prompt template and answer extraction match training), else the defaults; then "
+               "key=value overrides, e.g. rollout.max_new_tokens=512 reward.answer_extraction=last_number.")
+    p.add_argument("--model", required=True, help="model folder, hub id, run folder (uses final/) or RUN/checkpoints/step_N")
+    p.add_argument("--data", required=True, action="append", help="JSONL (or any data.format) to evaluate on; repeatable")
+    p.add_argument("--config", help="recipe YAML to take data/rollout/reward settings from")
+    p.add_argument("--k", type=int, default=None, help="samples per prompt (default: eval.k, 8)")
+    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                   help="also decode one greedy response per prompt (default: on)")
+    p.add_argument("--max-prompts", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--out", help="output folder (default: RUN/eval/<model>_<data> for a run's model, "
+                                 "else evals/<model>_<data>)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--samples", type=int, default=12, help="prompts shown on the samples.html page (0 = no page)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return p
+
+
+def _default_out(source: ModelSource, data: list[str]) -> str:
+    stem = "+".join(os.path.splitext(os.path.basename(d.rstrip("/")))[0] for d in data)
+    name = f"{source.label}_{stem}"
+    if source.run_config:
+        return os.path.join(os.path.dirname(source.run_config), "eval", name)
+    return os.path.join("evals", name)
+
+
+def _sample_page(out_dir: str, ev: Evaluator, n: int) -> str | None:
+    from rlvr.samples import SampleRow, render_page
+
+    if n <= 0 or not ev.predictions:
+        return None
+    by_id = {e.id: e for e in ev.examples}
+    greedy = {g["id"]: g for g in ev.greedy_predictions}
+    rows = []
+    for pred in ev.predictions:
+        if pred["sample"] != 0:
+            continue
+        if len(rows) >= n:
+            break
+        e = by_id[pred["id"]]
+        group = [p for p in ev.predictions if p["id"] == pred["id"]]
+        note = f"{sum(p['reward'] > 0 for p in group)}/{len(group)} samples correct"
+        if pred["id"] in greedy:
+            note += f"; greedy {'correct' if greedy[pred['id']]['reward'] > 0 else 'wrong'}"
+        rows.append(SampleRow(id=e.id, question=e.question, images=list(e.images), completion=pred["completion"],
+                              extracted=pred["extracted"], gold=e.answer, reward=pred["reward"],
+                              outcome=pred["outcome"], source=e.source, response_tokens=pred["response_tokens"],
+                              finished=pred["finished"], note=note))
+    path = os.path.join(out_dir, "samples.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_page(f"evaluation samples: {os.path.basename(out_dir)}",
+                            f"first sample of the first {len(rows)} prompts", rows))
+    return path
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The eval metrics as aligned lines, headline numbers first."""
+    lines = []
+    for key, value in metrics.items():
+        if key.startswith("eval/by_source/"):
+            continue
+        lines.append(f"  {key[5:] if key.startswith('eval/') else key:<28} {value:.4f}")
+    sources = sorted({k.split("/")[2] for k in metrics if k.startswith("eval/by_source/")})
+    for s in sources:
+        p = f"eval/by_source/{s}/"
+        k = max(int(key.split("@")[1]) for key in metrics if key.startswith(p + "pass@"))
+        lines.append(f"  [{s}] pass@1 {metrics[p + 'pass@1']:.4f}  pass@{k} {metrics[f'{p}pass@{k}']:.4f}  "
+                     f"prompts {int(metrics[p + 'num_prompts'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    from rlvr.cli import setup_logging
+    from rlvr.config import ConfigError, load_config, validate
+
+    setup_logging()
+    try:
+        source = resolve_model(args.model)
+        config_path = args.config or source.run_config
+        cfg = load_config(config_path, args.overrides)
+        cfg.model.name_or_path = source.weights_dir
+        cfg.data.val_files = list(args.data)
+        check = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_files=cfg.data.train_files or args.data))
+        validate(check)  # only the model/data/rollout/reward rules matter here; train_files is not needed
+    except (ConfigError, ModelNotFound) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    settings = eval_config(cfg)
+    settings = dataclasses.replace(
+        settings, **{k: v for k, v in (("k", args.k), ("greedy", args.greedy), ("max_prompts", args.max_prompts),
+                                      ("seed", args.seed)) if v is not None})
+    if settings.k < 1:
+        print(f"error: --k {settings.k} must be >= 1", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from rlvr.data import DataError, load_examples
+    from rlvr.models import load_processor
+    from rlvr.rewards import configure_default_verifier
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = args.out or _default_out(source, args.data)
+    print(f"model: {args.model}" + (f" (weights {source.state_dict_file})" if source.state_dict_file else ""))
+    print(f"config: {config_path or 'defaults'}; data: {', '.join(args.data)}; k={settings.k}, "
+          f"greedy={settings.greedy}, temperature={settings.temperature or cfg.rollout.temperature}, "
+          f"max_new_tokens={settings.max_new_tokens or cfg.rollout.max_new_tokens}, "
+          f"answer_extraction={cfg.reward.answer_extraction}")
+    try:
+        processor = load_processor(source.processor_dir, cfg.data.min_pixels, cfg.data.max_pixels)
+        examples, skips = load_examples(list(args.data), cfg.data, processor)
+    except (DataError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"data: {skips.summary()}")
+    configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, rel_tol=cfg.reward.rel_tol,
+                               timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
+    try:
+        model = load_for_eval(source, cfg.model.dtype, cfg.model.attn_implementation, device,
+                              getattr(cfg.model, "lora", None))
+    except (ModelNotFound, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    evaluator = Evaluator(cfg, processor, examples, settings)
+    metrics = evaluator.run(model)
+    os.makedirs(out_dir, exist_ok=True)
+    preds, greedy_preds = os.path.join(out_dir, "predictions.jsonl"), os.path.join(out_dir, "predictions_greedy.jsonl")
+    evaluator.write_predictions(preds, greedy_preds)
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": args.model, "data": args.data, "k": settings.k, **metrics}, f, indent=2)
+    page = _sample_page(out_dir, evaluator, args.samples)
+    print(f"\nevaluated {len(evaluator.examples)} prompts x {settings.k} samples in {metrics['time/eval_s']:.1f} s")
+    print(format_metrics({k: v for k, v in metrics.items() if k != "time/eval_s"}))
+    print(f"\npredictions: {preds}" + (f"\ngreedy predictions: {greedy_preds}" if evaluator.greedy_predictions else ""))
+    if page:
+        print(f"samples page: {page}")
+    print(f"metrics: {os.path.join(out_dir, 'metrics.json')}")
+    print(f"re-score: python -m rlvr.score {preds} --answer-extraction {cfg.reward.answer_extraction}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

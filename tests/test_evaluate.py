@@ -1,0 +1,179 @@
+"""Evaluation on a tiny model and tiny data: predictions rlvr.score reads back to the same accuracy,
+determinism checked with golds taken from the model's own answers, loading a checkpoint, and the
+CLI's errors."""
+
+import dataclasses
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from rlvr.config import load_config, save_config
+from rlvr.evaluate import EvalConfig, Evaluator, load_for_eval, main, resolve_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def val_file(tmp_path_factory):
+    from rlvr.tools.make_demo_data import main as make_data
+
+    out = tmp_path_factory.mktemp("evaldata")
+    make_data(["--out", str(out), "--train", "2", "--val", "8"])
+    return str(out / "val.jsonl")
+
+
+def _accuracy(stdout: str) -> float:
+    return float(re.search(r"accuracy: ([0-9.]+)", stdout).group(1))
+
+
+def test_cli_predictions_rescore_to_the_same_accuracy(qwen25_dir, val_file, tmp_path, capsys):
+    from rlvr.score import main as score
+
+    out = tmp_path / "eval"
+    rc = main(["--model", qwen25_dir, "--data", val_file, "--k", "4", "--config", DEMO, "--out", str(out),
+               "rollout.max_new_tokens=6", "reward.num_workers=1"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "pass@1" in printed and "maj@4" in printed and "re-score: python -m rlvr.score" in printed
+    metrics = json.load(open(out / "metrics.json"))
+    for key in ("eval/pass@1", "eval/pass@2", "eval/pass@4", "eval/maj@4", "eval/greedy", "eval/response_length/mean",
+                "eval/outcome/correct", "eval/outcome/no_answer"):
+        assert key in metrics, key
+    preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert len(preds) == 8 * 4 and {p["sample"] for p in preds} == {0, 1, 2, 3}
+    assert all(p["response_tokens"] <= 6 and os.path.isfile(p["images"][0]) for p in preds)
+    assert os.path.isfile(out / "samples.html")
+
+    # python -m rlvr.score reads the predictions back to the same accuracy, line by line.
+    assert score([str(out / "predictions.jsonl"), "--answer-extraction", "last_number", "--workers", "1"]) == 0
+    assert _accuracy(capsys.readouterr().out) == pytest.approx(metrics["eval/pass@1"], abs=1e-4)
+    scored = [json.loads(line) for line in open(out / "predictions.scored.jsonl")]
+    assert [s["reward"] for s in scored] == [p["reward"] for p in preds]
+    assert [s["outcome"] for s in scored] == [p["outcome"] for p in preds]
+    assert score([str(out / "predictions_greedy.jsonl"), "--answer-extraction", "last_number", "--workers", "1"]) == 0
+    assert _accuracy(capsys.readouterr().out) == pytest.approx(metrics["eval/greedy"], abs=1e-4)
+
+
+def _setup(model_dir, val_file, *overrides):
+    from rlvr.data import load_examples
+    from rlvr.models import load_model, load_processor
+    from rlvr.rewards import configure_default_verifier
+
+    cfg = load_config(DEMO, [f"model.name_or_path={model_dir}", f"data.val_files={val_file}", *overrides])
+    configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, num_workers=1)
+    processor = load_processor(model_dir, cfg.data.min_pixels, cfg.data.max_pixels)
+    examples, _ = load_examples([val_file], cfg.data, processor)
+    return cfg, processor, examples, load_model(model_dir, "float32")
+
+
+def test_evaluation_is_deterministic_and_scores_the_models_own_answers(qwen25_dir, val_file):
+    from rlvr.rewards import parse_gold
+
+    cfg, processor, examples, model = _setup(qwen25_dir, val_file, "rollout.max_new_tokens=16")
+    evaluator = Evaluator(cfg, processor, examples, EvalConfig(k=3, greedy=True, seed=7))
+    model.train()
+    rng = torch.get_rng_state()
+    first = evaluator.run(model)
+    assert torch.equal(torch.get_rng_state(), rng), "evaluation must not move the training run's RNG"
+    assert model.training, "the model's mode is restored"
+    again = evaluator.run(model)
+    assert {k: v for k, v in first.items() if k != "time/eval_s"} == {k: v for k, v in again.items() if k != "time/eval_s"}
+    assert first["eval/samples_per_prompt"] == 3 and first["eval/num_prompts"] == 8
+
+    # Golds taken from the model's own answers in sample 0: sampling is seeded by eval.seed
+    # alone, so the same samples come again and exactly those become correct.
+    own = {}  # prompt id -> (sample, its answer): the first sample with an answer
+    for p in evaluator.predictions:
+        if p["extracted"] is not None and p["id"] not in own:
+            own[p["id"]] = (p["sample"], p["extracted"])
+    answered = [e.id for e in examples if e.id in own]
+    assert answered, "the tiny model should write some digits in 16 tokens"
+    relabelled = [dataclasses.replace(e, answer=own[e.id][1], gold=parse_gold(own[e.id][1])) if e.id in own else e
+                  for e in examples]
+    rerun = Evaluator(cfg, processor, relabelled, EvalConfig(k=3, greedy=True, seed=7))
+    m = rerun.run(model)
+    assert [p["reward"] for p in rerun.predictions if p["id"] in own and p["sample"] == own[p["id"]][0]] == \
+        [1.0] * len(answered)
+    assert m["eval/pass@1"] >= len(answered) / (3 * len(examples)) - 1e-9
+    assert m["eval/pass@3"] >= m["eval/pass@1"] and m["eval/pass@3"] >= len(answered) / len(examples) - 1e-9
+    assert m["eval/greedy"] == pytest.approx(sum(g["reward"] for g in rerun.greedy_predictions) / len(examples))
+
+
+def test_schedule_and_max_prompts(qwen25_dir, val_file):
+    cfg = load_config(DEMO)
+    ev = Evaluator(cfg, None, list(range(8)), EvalConfig(every_steps=50, max_prompts=3))
+    assert len(ev.examples) == 3
+    assert [s for s in range(1, 121) if ev.due(s, 120)] == [50, 100, 120]
+    assert [s for s in range(1, 11) if Evaluator(cfg, None, [1], EvalConfig()).due(s, 10)] == [10]  # at the end only
+    assert not Evaluator(cfg, None, [], EvalConfig(every_steps=1)).due(1, 10)  # no validation data
+    assert ev.rollout.group_size == 8 and ev.rollout.max_new_tokens == cfg.rollout.max_new_tokens
+
+
+def test_checkpoint_and_run_folders_resolve_and_load(qwen25_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from rlvr.models import load_model
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_000003"
+    ckpt.mkdir(parents=True)
+    save_config(load_config(DEMO, [f"model.name_or_path={qwen25_dir}", f"output_dir={run}"]), run / "config.yaml")
+    trained = load_model(qwen25_dir, "float32")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)  # stands in for training
+    # As the trainer's accelerate checkpoint stores it: under the wrapper's "policy." prefix,
+    # tied weights once.
+    state = {f"policy.{k}": v.clone() for k, v in trained.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(ckpt / "model.safetensors"))
+    (ckpt / "COMPLETE").write_text("3\n")
+
+    source = resolve_model(str(run))  # a run without final/: its latest checkpoint
+    assert source.state_dict_file == str(ckpt / "model.safetensors") and source.weights_dir == qwen25_dir
+    assert source.run_config == str(run / "config.yaml") and source.label == "step_000003"
+    loaded = load_for_eval(source, "float32", "sdpa", "cpu")
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    trained.save_pretrained(run / "final")
+    final = resolve_model(str(run))
+    assert final.weights_dir == str(run / "final") and final.state_dict_file is None
+    assert final.processor_dir == qwen25_dir  # final/ without processor files: the run's base model's
+
+
+def test_lora_adapter_folder_is_merged_into_its_base(qwen25_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from rlvr.models import load_model
+
+    peft_model = get_peft_model(load_model(qwen25_dir, "float32"),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # fresh adapters are zero; make them change the model
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    source = resolve_model(str(tmp_path / "adapter"))
+    assert source.adapter_dir == str(tmp_path / "adapter") and source.weights_dir == qwen25_dir
+    loaded = load_for_eval(source, "float32", "sdpa", "cpu")
+    base = load_model(qwen25_dir, "float32")
+    changed = 0
+    for (name, a), b, c in zip(merged.state_dict().items(), loaded.state_dict().values(), base.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+        changed += not torch.equal(b, c)
+    assert changed == 4  # q_proj and v_proj of both layers
+
+
+def test_cli_errors_say_what_is_wrong(qwen25_dir, val_file, tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nothing"), "--data", val_file]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["--model", qwen25_dir, "--data", val_file, "--config", DEMO, "rollout.temprature=0.5"]) == 2
+    assert "rollout.temperature" in capsys.readouterr().err  # the nearest valid key
+    (tmp_path / "junk").mkdir()
+    assert main(["--model", str(tmp_path / "junk"), "--data", val_file]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err
