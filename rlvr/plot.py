@@ -230,8 +230,12 @@ def _draw_stacked(ax, run: Run, series: list[Series], r: int, many: bool) -> boo
     if many:  # stacked areas of several runs would hide each other: plot each run's total instead
         total = [sum(v) for v in zip(*layers)]
         ax.plot(steps, total, color=COLOURS[r % len(COLOURS)], linewidth=1.6, label=f"{run.label}: total ({' + '.join(labels)})")
-    else:
-        ax.stackplot(steps, *layers, labels=labels, colors=COLOURS[:len(layers)], alpha=0.85)
+    else:  # steps are discrete: flat bands per step, so a phase that ran at one step (eval) stays at that step
+        bottom = [0.0] * len(steps)
+        for layer, label, colour in zip(layers, labels, COLOURS):
+            top = [b + v for b, v in zip(bottom, layer)]
+            ax.fill_between(steps, bottom, top, step="mid", color=colour, alpha=0.85, linewidth=0, label=label)
+            bottom = top
     return True
 
 
