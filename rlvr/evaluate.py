@@ -37,17 +37,19 @@ from typing import Any, Sequence
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalConfig:
-    """Evaluation settings; ``rlvr.config.Config.eval`` once the config has that section."""
+try:  # the config tree's `eval` section, where rlvr.config has it
+    from rlvr.config import EvalConfig
+except ImportError:  # until it does: the same fields, so the trainer and the CLI agree
 
-    every_steps: int = 0  # evaluate on data.val_files every N RL steps; 0 = only at the end
-    k: int = 8  # sampled responses per prompt: pass@1 is their mean; pass@k and maj@k use all k
-    greedy: bool = True  # also decode one greedy response per prompt (eval/greedy)
-    max_prompts: int | None = None  # evaluate on the first N validation rows only; None = all
-    temperature: float | None = None  # sampling temperature; None = rollout.temperature
-    max_new_tokens: int | None = None  # response length cap, tokens; None = rollout.max_new_tokens
-    seed: int = 1234  # sampling seed, the same at every evaluation
+    @dataclass
+    class EvalConfig:  # type: ignore[no-redef]
+        every_steps: int = 0  # evaluate on data.val_files every N RL steps; 0 = only at the end
+        k: int = 8  # sampled responses per prompt: pass@1 is their mean; pass@k and maj@k use all k
+        greedy: bool = True  # also decode one greedy response per prompt (eval/greedy)
+        max_prompts: int | None = None  # evaluate on the first N validation rows only; None = all
+        temperature: float | None = None  # sampling temperature; None = rollout.temperature
+        max_new_tokens: int | None = None  # response length cap, tokens; None = rollout.max_new_tokens
+        seed: int = 1234  # sampling seed, the same at every evaluation
 
 
 def eval_config(cfg) -> EvalConfig:
