@@ -463,7 +463,7 @@ def count_parameters(config, freeze_vision_tower: bool, lora_rank: int, lora_tar
 
 
 def estimate_memory(cfg, config, num_gpus: int = 1, zero_stage: int = 0, lora_rank: int = 0,
-                    on_gpu: bool = True) -> MemoryEstimate:
+                    on_gpu: bool = True, offload_optimizer: bool = False, offload_params: bool = False) -> MemoryEstimate:
     """Per-GPU bytes of model states under ZeRO ``zero_stage`` (0 = plain data parallel).
 
     Plain data parallel (what the trainer does without DeepSpeed): weights in the load dtype
@@ -471,6 +471,7 @@ def estimate_memory(cfg, config, num_gpus: int = 1, zero_stage: int = 0, lora_ra
     dtype, AdamW's two moments in it too. DeepSpeed with bf16: 2-byte weights and gradients
     plus 12 bytes of optimizer state per trainable parameter (fp32 master copy and two
     moments), partitioned over GPUs from stage 1 (optimizer), 2 (+ gradients), 3 (+ weights).
+    ZeRO offload moves the optimizer state (and with ``offload_params`` the weights) to CPU memory.
     """
     lora_cfg = getattr(cfg.model, "lora", None)
     total, trainable, lora = count_parameters(config, cfg.model.freeze_vision_tower, lora_rank,
@@ -492,6 +493,12 @@ def estimate_memory(cfg, config, num_gpus: int = 1, zero_stage: int = 0, lora_ra
     weights = (trainable + frozen) * w / (n if zero_stage >= 3 else 1)
     grads = trainable * g / (n if zero_stage >= 2 else 1)
     optim = trainable * o / (n if zero_stage >= 1 else 1)
+    if zero_stage > 0 and offload_optimizer:
+        optim = 0.0
+        notes.append("optimizer state offloaded to CPU memory")
+    if zero_stage >= 3 and offload_params:
+        weights = 0.0
+        notes.append("weights offloaded to CPU memory (gathered layer by layer)")
     reference = 0.0
     if cfg.algorithm.kl_coef > 0:
         if lora:
@@ -520,13 +527,14 @@ def estimate_memory(cfg, config, num_gpus: int = 1, zero_stage: int = 0, lora_ra
 
 
 def check_memory(cfg, config, report: Report, num_gpus: int, zero_stage: int, lora_rank: int | None,
-                 gpu_memory_gb: float | None) -> MemoryEstimate | None:
+                 gpu_memory_gb: float | None, offload: tuple[bool, bool] = (False, False)) -> MemoryEstimate | None:
     """``lora_rank`` None: the config's ``model.lora.rank`` (0 where the config has no LoRA)."""
     section = "Memory per GPU (estimate)"
     if lora_rank is None:
         lora_rank = int(getattr(getattr(cfg.model, "lora", None), "rank", 0) or 0)
     try:
-        est = estimate_memory(cfg, config, num_gpus, zero_stage, lora_rank)
+        est = estimate_memory(cfg, config, num_gpus, zero_stage, lora_rank, offload_optimizer=offload[0],
+                              offload_params=offload[1])
     except Exception as e:  # noqa: BLE001 - an estimate must not stop the report
         report.add(section, WARN, f"could not estimate memory: {_brief(e)}")
         return None
@@ -557,6 +565,12 @@ def check_memory(cfg, config, report: Report, num_gpus: int, zero_stage: int, lo
     return est
 
 
+def _environment_offload() -> tuple[bool, bool]:
+    """(optimizer, weights) offloaded to CPU, from accelerate's launcher environment."""
+    return (os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") in ("cpu", "nvme"),
+            os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none") in ("cpu", "nvme"))
+
+
 def _environment_defaults() -> tuple[int, int, float | None]:
     """(GPUs, ZeRO stage, GiB per GPU) from the launcher's environment and the local GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -572,21 +586,23 @@ def _environment_defaults() -> tuple[int, int, float | None]:
     return world, stage, memory
 
 
-def _accelerate_file(path: str) -> tuple[int | None, int | None]:
-    """(num_processes, zero_stage) from an accelerate config YAML."""
+def _accelerate_file(path: str) -> tuple[int | None, int | None, tuple[bool, bool]]:
+    """(num_processes, zero_stage, (optimizer offloaded, weights offloaded)) from an accelerate config YAML."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
-    stage = (data.get("deepspeed_config") or {}).get("zero_stage")
-    return data.get("num_processes"), stage
+    ds = data.get("deepspeed_config") or {}
+    offload = (ds.get("offload_optimizer_device") in ("cpu", "nvme"), ds.get("offload_param_device") in ("cpu", "nvme"))
+    return data.get("num_processes"), ds.get("zero_stage"), offload
 
 
 # --------------------------------------------------------------------------- entry points
 
 
 def preflight(cfg, processor=None, num_gpus: int | None = None, zero_stage: int | None = None,
-              lora_rank: int | None = None, gpu_memory_gb: float | None = None) -> Report:
+              lora_rank: int | None = None, gpu_memory_gb: float | None = None,
+              offload: tuple[bool, bool] | None = None) -> Report:
     """The cheap checks for the start of training: rewards, model/processor agreement, memory.
 
     Loads the processor unless given, and the model config (not the weights). GPUs, ZeRO
@@ -607,13 +623,15 @@ def preflight(cfg, processor=None, num_gpus: int | None = None, zero_stage: int 
         check_model_processor(cfg, processor, config, report)
     if config is not None:
         check_memory(cfg, config, report, num_gpus or env_gpus, env_stage if zero_stage is None else zero_stage,
-                     lora_rank, gpu_memory_gb if gpu_memory_gb is not None else env_memory)
+                     lora_rank, gpu_memory_gb if gpu_memory_gb is not None else env_memory,
+                     offload if offload is not None else _environment_offload())
     return report
 
 
 def validate_setup(config_path: str | None, overrides: list[str], max_rows: int | None = None,
                    allow_skipped: float = 0.0, num_gpus: int | None = None, zero_stage: int | None = None,
-                   lora_rank: int | None = None, gpu_memory_gb: float | None = None) -> Report:
+                   lora_rank: int | None = None, gpu_memory_gb: float | None = None,
+                   offload: tuple[bool, bool] | None = None) -> Report:
     """Every check, in order; the report of ``python -m rlvr.validate``."""
     from rlvr.config import ConfigError, load_config, validate
 
@@ -641,7 +659,8 @@ def validate_setup(config_path: str | None, overrides: list[str], max_rows: int 
     check_data(cfg, processor, report, max_rows, allow_skipped)
     if config is not None:
         check_memory(cfg, config, report, num_gpus or env_gpus, env_stage if zero_stage is None else zero_stage,
-                     lora_rank, gpu_memory_gb if gpu_memory_gb is not None else env_memory)
+                     lora_rank, gpu_memory_gb if gpu_memory_gb is not None else env_memory,
+                     offload if offload is not None else _environment_offload())
     return report
 
 
@@ -666,10 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"expected key=value overrides, got {bad}")
-    num_gpus, zero_stage = args.num_gpus, args.zero_stage
+    num_gpus, zero_stage, offload = args.num_gpus, args.zero_stage, None
     if args.accelerate_config:
         try:
-            procs, stage = _accelerate_file(args.accelerate_config)
+            procs, stage, offload = _accelerate_file(args.accelerate_config)
         except (OSError, ValueError) as e:
             p.error(f"--accelerate-config {args.accelerate_config}: {e}")
         num_gpus = num_gpus or procs
@@ -678,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.ERROR)  # the report says it all; rlvr.data's skip warnings would repeat it
     report = validate_setup(args.config, args.overrides, args.rows, args.allow_skipped, num_gpus, zero_stage,
-                            args.lora_rank, args.gpu_memory_gb)
+                            args.lora_rank, args.gpu_memory_gb, offload)
     print(report.render())
     return 1 if report.failed else 0
 

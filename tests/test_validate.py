@@ -185,6 +185,8 @@ def test_memory_estimate_by_hand_and_budget(qwen25_dir, data, tmp_path):
     assert zero3.states_gib * gib == pytest.approx((2 * total + 2 * trainable + 12 * trainable) / 4)
     zero1 = estimate_memory(cfg, config, num_gpus=4, zero_stage=1)
     assert zero1.states_gib * gib == pytest.approx(2 * total + 2 * trainable + 12 * trainable / 4)
+    offloaded = estimate_memory(cfg, config, num_gpus=4, zero_stage=3, offload_optimizer=True, offload_params=True)
+    assert offloaded.states_gib * gib == pytest.approx(2 * trainable / 4)  # only gradient shards stay on the GPU
     frozen = estimate_memory(load_config(DEMO, ["model.freeze_vision_tower=true"]), config)
     assert frozen.trainable < plain.trainable and frozen.params == plain.params
     lora = estimate_memory(cfg, config, lora_rank=4)
@@ -204,6 +206,17 @@ def test_preflight_is_the_cheap_part(qwen25_dir, data, tmp_path):
     assert {c.section for c in report.checks} == {"Rewards", "Model and processor", "Memory per GPU (estimate)"}
     cfg.reward.functions[0].name = "rlvr.rewards:no_such_reward"
     assert preflight(cfg).failed
+
+
+def test_accelerate_config_sets_gpus_stage_and_offload(qwen25_dir, data, tmp_path, capsys):
+    acc = tmp_path / "zero3_offload.yaml"
+    acc.write_text("distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 3\n  offload_optimizer_device: cpu\n"
+                   "  offload_param_device: none\nnum_processes: 8\n")
+    argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
+            f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4", "--accelerate-config", str(acc)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ZeRO-3 over 8 GPU(s)" in out and "optimizer state offloaded to CPU memory" in out
 
 
 def test_cli_exit_code_and_usage(qwen25_dir, data, tmp_path, capsys):
