@@ -27,14 +27,12 @@ the data checks are done by training's own loader anyway.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import statistics
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "FAIL"
 GIB = 1024**3

@@ -25,7 +25,7 @@ def browser():
     if BROWSER is None:
         message = ("chromium/chromedriver not found: the browser test of the sample page is SKIPPED. "
                    "Install them with: sh tests/browser/install.sh (as root, Debian)")
-        warnings.warn(message)
+        warnings.warn(message, stacklevel=2)
         pytest.skip(message)
     with Browser(*BROWSER) as b:
         yield b
