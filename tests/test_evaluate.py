@@ -177,3 +177,51 @@ def test_cli_errors_say_what_is_wrong(qwen25_dir, val_file, tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     assert main(["--model", str(tmp_path / "junk"), "--data", val_file]) == 2
     assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+MULTI = '''
+import json, sys
+from datetime import timedelta
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+sys.path.insert(0, sys.argv[4])
+from tests.test_evaluate import _setup
+from rlvr.evaluate import EvalConfig, Evaluator
+
+# Without a GPU accelerate picks no backend; gloo gives two real CPU ranks. The timeout makes a hang fail.
+acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo", timeout=timedelta(seconds=120))])
+assert acc.num_processes == 2
+cfg, processor, examples, model = _setup(sys.argv[1], sys.argv[2], "rollout.max_new_tokens=8", "rollout.micro_batch_size=4")
+ev = Evaluator(cfg, processor, examples[:5], EvalConfig(k=2, seed=3), accelerator=acc)
+metrics = ev.run(model, 1)
+if acc.is_main_process:
+    json.dump({"metrics": metrics, "ids": [p["id"] for p in ev.predictions]}, open(sys.argv[3], "w"))
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_prompts_and_agree_with_one(qwen25_dir, val_file, tmp_path):
+    import subprocess
+    import sys
+
+    from rlvr import rollout
+
+    script = tmp_path / "multi.py"
+    script.write_text(MULTI)
+    out = tmp_path / "multi.json"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), qwen25_dir, val_file, str(out), ROOT],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    multi = json.load(open(out))
+    # 5 prompts over 2 ranks (3 + 2, one padded): every prompt once, in data order
+    assert multi["ids"] == [f"val-{i}" for i in range(5) for _ in range(2)]
+    assert multi["metrics"]["eval/num_prompts"] == 5
+    if hasattr(rollout, "mix_seed"):  # per-prompt sampling streams: the same numbers as one process
+        cfg, processor, examples, model = _setup(qwen25_dir, val_file, "rollout.max_new_tokens=8",
+                                                 "rollout.micro_batch_size=4")
+        single = Evaluator(cfg, processor, examples[:5], EvalConfig(k=2, seed=3)).run(model, 1)
+        for key, value in single.items():
+            if key != "time/eval_s":
+                assert multi["metrics"][key] == pytest.approx(value), key
