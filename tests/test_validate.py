@@ -55,7 +55,7 @@ def test_good_setup_passes_with_a_readable_report(qwen25_dir, data, tmp_path, ca
     assert text.rstrip().endswith("No problems found (0 warnings).")
     # the CLI prints the same and exits 0
     argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
-            f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4"]
+            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4"]
     assert main(argv) == 0
     assert "No problems found" in capsys.readouterr().out
 
@@ -213,7 +213,7 @@ def test_accelerate_config_sets_gpus_stage_and_offload(qwen25_dir, data, tmp_pat
     acc.write_text("distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 3\n  offload_optimizer_device: cpu\n"
                    "  offload_param_device: none\nnum_processes: 8\n")
     argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
-            f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4", "--accelerate-config", str(acc)]
+            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4", "--accelerate-config", str(acc)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ZeRO-3 over 8 GPU(s)" in out and "optimizer state offloaded to CPU memory" in out
@@ -221,7 +221,7 @@ def test_accelerate_config_sets_gpus_stage_and_offload(qwen25_dir, data, tmp_pat
 
 def test_cli_exit_code_and_usage(qwen25_dir, data, tmp_path, capsys):
     argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['bad']}",
-            f"output_dir={tmp_path / 'run'}"]
+            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}"]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "fix the FAIL lines above before launching" in out
