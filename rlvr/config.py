@@ -9,6 +9,7 @@ where the value came from; `validate` runs cross-field checks before any model i
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,21 @@ class ConfigError(ValueError):
     """A config problem a person has to fix; the message says what, where and how."""
 
 
+# Every linear layer of the language model (attention, MLP, and linear-attention projections;
+# not the output head). Only nn.Linear modules are adapted, and vision-tower matches are
+# dropped unless model.lora.vision_tower=true.
+LORA_TARGETS = r"(.*\.)?language_model\..*"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # adapter rank r; 0 = no LoRA, train the full model
+    alpha: float = 16.0  # adapter scale numerator: updates are scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input
+    target_modules: str = LORA_TARGETS  # regex, full match on module names (model.named_modules()), Linear only
+    vision_tower: bool = False  # also adapt vision-tower layers the regex matches
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = ""  # local folder or hub id of the policy model; required
@@ -37,6 +53,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     freeze_vision_tower: bool = False  # train only the language model, keep the vision encoder fixed
     trust_remote_code: bool = False  # allow model code from the hub repository to run
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapters (peft) instead of full fine-tuning
 
 
 @dataclass
@@ -71,6 +88,10 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
     top_k: int = 0  # top-k sampling; 0 = off
     micro_batch_size: int = 32  # sequences per generate call
+    # ZeRO-3 only: gather the full weights on every GPU for the whole rollout (fast, needs the
+    # model's 16-bit size free on each GPU). false generates through the partitioned weights,
+    # gathering every layer again for every token: no extra memory, but many times slower.
+    zero3_gather_weights: bool = True
 
 
 @dataclass
@@ -123,6 +144,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0  # gradient clipping threshold, L2 norm
     seed: int = 42  # seed for sampling, shuffling and init
     logprob_chunk_size: int = 512  # tokens per chunk when computing log-probs
+    # A collective that waits longer than this fails the run with an error instead of hanging
+    # (a rank died or is stuck). Must exceed the slowest step between collectives.
+    collective_timeout_s: int = 1800
 
 
 @dataclass
@@ -145,6 +169,9 @@ class LogConfig:
 @dataclass
 class Config:
     output_dir: str = "runs/default"  # run directory: checkpoints, logs, resolved config
+    # None: a fresh run (refuses an output_dir that already holds one) | auto: continue from the
+    # newest complete checkpoint in output_dir, or start fresh if there is none | a checkpoint folder
+    resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -557,6 +584,22 @@ def validate(cfg: Config) -> None:
             check(False, f"trainer.micro_batch_size={t.micro_batch_size} does not divide each minibatch of "
                   f"{batch} / {t.num_minibatches} = {mini} sequences, so gradient accumulation would be uneven. "
                   f"Use a divisor of {mini}, e.g. trainer.micro_batch_size in {_divisors_near(mini, t.micro_batch_size)}.")
+    lora = m.lora
+    check(lora.rank >= 0,
+          f"model.lora.rank={lora.rank} must be >= 0 (0 = no LoRA, full fine-tuning; 8 to 64 is typical).")
+    if lora.rank > 0:
+        check(lora.alpha > 0, f"model.lora.alpha={lora.alpha} must be > 0: adapter updates are scaled by alpha / rank.")
+        check(0 <= lora.dropout < 1, f"model.lora.dropout={lora.dropout} must be in [0, 1).")
+        try:
+            re.compile(lora.target_modules)
+        except re.error as e:
+            check(False, f"model.lora.target_modules={lora.target_modules!r} is not a valid regular expression "
+                  f"({e}); it is matched in full against module names such as "
+                  "'model.language_model.layers.0.self_attn.q_proj'.")
+    check(t.collective_timeout_s >= 1, f"trainer.collective_timeout_s={t.collective_timeout_s} must be >= 1 second; "
+          "it bounds how long a rank waits for the others before failing (1800 is a safe default).")
+    check(cfg.resume is None or bool(cfg.resume.strip()), "resume is empty: use resume=auto, a checkpoint folder, "
+          "or leave it unset for a fresh run.")
     check(c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last} must be >= 1, or resuming would find no checkpoint.")
     check(c.every_steps >= 0, f"checkpoint.every_steps={c.every_steps} must be >= 0 (0 = only at the end).")
     if problems:

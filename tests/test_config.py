@@ -56,7 +56,7 @@ def test_all_keys_and_dict():
     assert "trainer" not in keys  # sections are not leaves
     assert len(keys) == len(set(keys))
     d = config_to_dict(Config())
-    assert list(d) == ["output_dir", "model", "data", "rollout", "reward", "algorithm", "trainer",
+    assert list(d) == ["output_dir", "resume", "model", "data", "rollout", "reward", "algorithm", "trainer",
                        "checkpoint", "log"]
     assert d["reward"]["functions"] == [{"name": "rlvr.rewards:numeric_reward", "weight": 1.0}]
 
