@@ -9,10 +9,18 @@ forward (tested in ``tests/test_logprobs.py``).
 Sampling uses a fresh ``GenerationConfig`` built from ``rollout.*`` alone: a checkpoint's
 own ``generation_config.json`` (Qwen-VL ships ``top_k=1``, ``repetition_penalty=1.05``)
 would otherwise change the sampling distribution and make the recorded log-probs lie.
+
+Reproducible sampling: given ``seeds`` (one per prompt), every response draws its tokens
+from its own random stream, keyed by (prompt seed, sample index), with the Gumbel-max
+trick (``SeededSampling``): the token is the argmax of the temperature-scaled, top-k/top-p
+filtered logits plus Gumbel noise, which is a sample of exactly that distribution. A
+response then depends on its prompt, its seed and the weights only, not on which rank
+generated it, what else shared its batch, or how many processes there are.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +119,48 @@ def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor]
     }
 
 
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes, machines and Python versions."""
+    digest = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededSampling:
+    """Logits processor that turns greedy decoding into per-row seeded sampling (Gumbel-max).
+
+    ``argmax(filtered(logits / T) + G)``, with G i.i.d. standard Gumbel, is a draw from
+    ``softmax(filtered(logits / T))``. Row r draws G from its own generator seeded with
+    ``seeds[r]``, one [V] vector per decoding step, so its tokens do not depend on the
+    other rows. Top-k then top-p filtering as in transformers' samplers.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        self.seeds, self.temperature, self.top_k, self.top_p = seeds, temperature, top_k, top_p
+        self.generators: list[torch.Generator] | None = None
+
+    def _filter(self, scores: torch.Tensor) -> torch.Tensor:
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]  # [b, 1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)  # [b, V]
+            probs = sorted_scores.softmax(-1)
+            # drop a token when the tokens ranked above it already hold top_p of the mass
+            drop_sorted = (probs.cumsum(-1) - probs) > self.top_p  # [b, V]; never the first token
+            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        return scores
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        scores = self._filter(scores.float() / self.temperature)  # [b, V]
+        uniform = torch.stack([
+            torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators
+        ])  # [b, V]
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # [b, V]
+        return scores + gumbel
+
+
 def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy: bool = False,
                     suppress_ids: list[int] | None = None):
     from transformers import GenerationConfig
@@ -133,21 +183,35 @@ def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy
 
 @torch.no_grad()
 def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: list[int], pad_id: int,
-             greedy: bool = False) -> list[Response]:
+             greedy: bool = False, seeds: list[int] | None = None, synced_gpus: bool | None = None) -> list[Response]:
     """Sample ``cfg.group_size`` responses for each prompt, in micro-batches of ``cfg.micro_batch_size`` rows.
 
     Returns ``len(prompts) * group_size`` responses, prompt-major (the G responses of prompt 0 first).
+    ``seeds`` (one per prompt) makes sampling reproducible per response (``SeededSampling``);
+    without it sampling draws from torch's global generator. ``synced_gpus`` is passed to
+    ``model.generate`` (None: transformers decides; True under ZeRO-3 with partitioned weights).
     """
-    rows = [i for i in range(len(prompts)) for _ in range(cfg.group_size)]
-    gen_cfg = sampling_config(cfg, stop_ids, pad_id, greedy, never_sample_ids(model))
+    rows = [(i, j) for i in range(len(prompts)) for j in range(cfg.group_size)]
+    seeded = seeds is not None and not greedy
+    if seeded and len(seeds) != len(prompts):
+        raise ValueError(f"generate got {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
+    # Seeded sampling runs transformers' greedy loop on the processor's noisy scores.
+    gen_cfg = sampling_config(cfg, stop_ids, pad_id, greedy or seeded, never_sample_ids(model))
     device = next(model.parameters()).device
     stop = torch.tensor(stop_ids)
     out: list[Response] = []
     for start in range(0, len(rows), cfg.micro_batch_size):
-        chunk = rows[start:start + cfg.micro_batch_size]
+        chunk = [i for i, _ in rows[start:start + cfg.micro_batch_size]]
         batch = collate_prompts([prompts[i] for i in chunk], pad_id)
         batch = {k: v.to(device) for k, v in batch.items() if v is not None}
-        result = model.generate(**batch, generation_config=gen_cfg)
+        extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
+        if seeded:
+            from transformers import LogitsProcessorList
+
+            row_seeds = [mix_seed(seeds[i], j) for i, j in rows[start:start + cfg.micro_batch_size]]
+            sampler = SeededSampling(row_seeds, cfg.temperature, cfg.top_k, cfg.top_p)
+            extra["logits_processor"] = LogitsProcessorList([sampler])
+        result = model.generate(**batch, generation_config=gen_cfg, **extra)
         new_tokens = result.sequences[:, batch["input_ids"].shape[1]:].cpu()  # [b, T]
         # Log-prob of each sampled token under the temperature-scaled distribution, one
         # step at a time so no [b, T, V] tensor is built.
