@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from rlvr.config import ConfigError, load_config, parse_cli, validate
-
 
 def setup_logging() -> None:
     rank = os.environ.get("RANK", "0")
@@ -20,6 +20,15 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _collective_failure_message(cfg, error: BaseException) -> str:
+    rank = os.environ.get("RANK", "0")
+    return (
+        f"rank {rank}: a collective operation failed or waited longer than trainer.collective_timeout_s="
+        f"{cfg.trainer.collective_timeout_s} s ({type(error).__name__}). Another rank has most likely died or "
+        "hung: look for the first error in the other ranks' output (or the node's log). If a step legitimately "
+        "takes longer between collectives, raise trainer.collective_timeout_s.")
+
+
 def run_training(argv: list[str]) -> int:
     setup_logging()
     try:
@@ -29,12 +38,31 @@ def run_training(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from rlvr.checkpoint import ResumeError
+    from rlvr.distributed import is_collective_failure, report_stop
     from rlvr.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    metrics = trainer.train()
-    if trainer.accelerator.is_main_process:
-        out = os.path.abspath(cfg.output_dir)
+    try:
+        trainer = Trainer(cfg)
+        metrics = trainer.train()
+    except ResumeError as e:  # a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not is_collective_failure(e):
+            raise
+        traceback.print_exc()
+        print(f"\nerror: {_collective_failure_message(cfg, e)}", file=sys.stderr, flush=True)
+        os._exit(1)  # skip interpreter teardown: it can block on the broken process group
+    acc = trainer.accelerator
+    out = os.path.abspath(cfg.output_dir)
+    if trainer.stopped_by is not None:
+        if acc.is_main_process:
+            report_stop(trainer.stopped_by)
+            print(f"\nstopped by {trainer.stopped_by} after a checkpoint in {os.path.join(out, 'checkpoints')}; "
+                  "continue with the same command and resume=auto", flush=True)
+        return 0
+    if acc.is_main_process:
         print(f"\nfinished {cfg.trainer.max_steps} steps; last reward/mean {metrics.get('reward/mean', float('nan')):.3f}")
         print(f"metrics: {os.path.join(out, 'metrics.jsonl')}")
         if cfg.checkpoint.save_final_model:

@@ -7,10 +7,17 @@ Where this departs from the textbook algorithm:
 - Old log-probs are recomputed by the training forward, not taken from ``generate``; the
   gap between the two is logged as ``rollout/logprob_diff_*`` (see ``rlvr.update``).
 - Prompts are drawn without replacement in a seeded order reshuffled each epoch.
+
+Many processes: every rank draws the same global order and takes every world-size-th prompt
+of each step's slice, so each prompt is used once per epoch. Each prompt's responses are
+sampled from streams seeded by (``trainer.seed``, step, the prompt's row index in the
+dataset), so a run's trajectory does not depend on the number of processes. Metrics are
+reduced over ranks; files, wandb and the console are written by the main process only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,13 +26,17 @@ import time
 import torch
 
 from rlvr.advantages import group_advantages
-from rlvr.checkpoint import save_checkpoint
+from rlvr.checkpoint import (ResumeError, install_hooks, load_checkpoint, resolve_resume, save_checkpoint,
+                             truncate_run_logs)
 from rlvr.config import Config, save_config
 from rlvr.data import EpochSampler, load_examples
+from rlvr.distributed import (StopSignal, configure_deepspeed, describe_ranks, gather_objects, generation_model,
+                              make_accelerator, prepare_reference, zero_stage)
+from rlvr.lora import apply_lora, inner_model, is_lora, save_adapter
 from rlvr.models import load_model, load_processor, save_processor, stop_token_ids, vision_tower
-from rlvr.rollout import encode_prompt, generate
+from rlvr.rollout import encode_prompt, generate, mix_seed
 from rlvr.tracking import Tracker
-from rlvr.update import PolicyUpdate
+from rlvr.update import PolicyLogprobs, PolicyUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -54,34 +65,52 @@ def reward_columns(examples) -> dict[str, list]:
     return columns
 
 
+def accumulation_steps(cfg: Config, world: int) -> int:
+    """Micro-batches per optimizer step on each rank; raises if the batch does not split evenly."""
+    t, g = cfg.trainer, cfg.rollout.group_size
+    if t.prompts_per_step % world:
+        raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} does not divide among {world} processes; "
+                         f"use a multiple of {world} so every rank gets the same number of prompts")
+    local = t.prompts_per_step // world * g  # sequences per rank per step
+    if local % (t.num_minibatches * t.micro_batch_size):
+        raise ValueError(
+            f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} sequences "
+            f"per step, which trainer.num_minibatches={t.num_minibatches} x trainer.micro_batch_size="
+            f"{t.micro_batch_size} does not divide; pick a micro_batch_size that divides {local // t.num_minibatches}")
+    return local // t.num_minibatches // t.micro_batch_size
+
+
+def _hidden_size(name_or_path: str, trust_remote_code: bool) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+
+
 class Trainer:
     def __init__(self, cfg: Config):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         from rlvr.rewards import RewardComposer, configure_default_verifier
 
         self.cfg = cfg
-        t = cfg.trainer
-        if os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
-            # Never append to, or overwrite, another run's metrics and checkpoints.
-            raise FileExistsError(f"output_dir {cfg.output_dir} already holds a run (metrics.jsonl); "
-                                  "choose a new output_dir")
-        local_seqs = cfg.trainer.prompts_per_step * cfg.rollout.group_size
-        self.accelerator = acc = Accelerator(
-            gradient_accumulation_steps=local_seqs // t.num_minibatches // t.micro_batch_size,
-            mixed_precision="bf16" if cfg.model.dtype == "auto" and torch.cuda.is_available()
-            and torch.cuda.is_bf16_supported() else "no",
-        )
-        if t.prompts_per_step % acc.num_processes:
-            raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must divide among "
-                             f"{acc.num_processes} processes; use a multiple of {acc.num_processes}")
+        t, m = cfg.trainer, cfg.model
+        # From here on SIGUSR1/SIGTERM mean "checkpoint after the current step and stop".
+        self.signals = StopSignal().install()
+        mixed = "bf16" if m.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        self.accelerator = acc = make_accelerator(t.collective_timeout_s, mixed)
+        resume_from = self._resume_decision()
+        gas = accumulation_steps(cfg, acc.num_processes)
+        acc.gradient_accumulation_steps = gas
+        configure_deepspeed(acc, t.micro_batch_size, gas, t.max_grad_norm,
+                            _hidden_size(m.name_or_path, m.trust_remote_code))
         set_seed(t.seed, device_specific=True)
         if acc.is_main_process:
             os.makedirs(cfg.output_dir, exist_ok=True)
             save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        logger.info(describe_ranks(acc))
 
-        self.processor = load_processor(cfg.model.name_or_path, cfg.data.min_pixels, cfg.data.max_pixels)
+        self.processor = load_processor(m.name_or_path, cfg.data.min_pixels, cfg.data.max_pixels)
         self.examples, self.skips = load_examples(cfg.data.train_files, cfg.data, self.processor)
         logger.info("train data: %s", self.skips.summary())
         self.sampler = EpochSampler(len(self.examples), t.seed, cfg.data.shuffle)
@@ -90,45 +119,89 @@ class Trainer:
                                    timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
         self.reward_fn = RewardComposer([(f.name, f.weight) for f in cfg.reward.functions])
 
-        model = load_model(cfg.model.name_or_path, "float32" if cfg.model.dtype == "auto" else cfg.model.dtype,
-                           cfg.model.attn_implementation, cfg.model.trust_remote_code)
-        if cfg.model.freeze_vision_tower:
-            vision_tower(model).requires_grad_(False)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.stop_ids = stop_token_ids(self.processor, model)
+        policy = self._load_policy()
+        self.stop_ids = stop_token_ids(self.processor, policy)
         self.pad_id = self.processor.tokenizer.pad_token_id
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
                                       weight_decay=t.weight_decay)
         total_optim_steps = t.max_steps * t.num_minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optim_steps))
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer = acc.prepare(PolicyLogprobs(policy), optimizer)
         acc.register_for_checkpointing(self.scheduler)
+        install_hooks(acc, self.model)
 
         ref_model = None
-        if cfg.algorithm.kl_coef > 0:  # a frozen copy of the initial policy; not loaded when unused
-            ref_model = load_model(cfg.model.name_or_path, "float32" if cfg.model.dtype == "auto" else cfg.model.dtype,
-                                   cfg.model.attn_implementation, cfg.model.trust_remote_code)
-            ref_model = ref_model.requires_grad_(False).eval().to(acc.device)
+        if cfg.algorithm.kl_coef > 0:
+            # LoRA: the policy with adapters off is the initial policy. Otherwise a frozen copy.
+            ref_model = "adapter-off" if is_lora(policy) else prepare_reference(acc, self._load_base())
         self.update = PolicyUpdate(cfg, acc, self.model, self.optimizer, self.scheduler, self.pad_id, ref_model)
-        self.start_step = 0
+
+        self.start_step, self.wandb_id = 0, None
+        if resume_from is not None:
+            state = load_checkpoint(acc, resume_from)
+            self.start_step, self.wandb_id = state["step"], state.get("wandb_id")
+            self.sampler.load_state_dict(state["sampler"])
+        if cfg.resume is not None and acc.is_main_process:
+            truncate_run_logs(cfg.output_dir, self.start_step)
+        acc.wait_for_everyone()
+
+    def _resume_decision(self) -> str | None:
+        """The checkpoint to start from: decided once, by the main process, before anything is written."""
+        from accelerate.utils import broadcast_object_list
+
+        acc, decision = self.accelerator, [None, None]
+        if acc.is_main_process:
+            try:
+                decision[0] = resolve_resume(self.cfg.output_dir, self.cfg.resume)
+            except ResumeError as e:
+                decision[1] = str(e)
+        if acc.num_processes > 1:
+            decision = broadcast_object_list(decision)
+        if decision[1] is not None:
+            raise ResumeError(decision[1])
+        return decision[0]
+
+    def _load_base(self):
+        m = self.cfg.model
+        return load_model(m.name_or_path, "float32" if m.dtype == "auto" else m.dtype, m.attn_implementation,
+                          m.trust_remote_code)
+
+    def _load_policy(self):
+        m = self.cfg.model
+        model = self._load_base()
+        if m.freeze_vision_tower:
+            vision_tower(model).requires_grad_(False)
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if m.lora.rank > 0:
+            model = apply_lora(model, m.lora)
+        count = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731 (full size, also when partitioned)
+        trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+        total = sum(count(p) for p in model.parameters())
+        logger.info("policy: %.2fM of %.2fM parameters trainable%s", trainable / 1e6, total / 1e6,
+                    f" (LoRA rank {m.lora.rank})" if m.lora.rank else "")
+        return model
 
     # ------------------------------------------------------------------ one step
 
-    def _local_prompts(self) -> list:
+    def _local_prompts(self) -> tuple[list[int], list[int]]:
+        """(the step's prompt indices, the slice of them this rank samples)."""
         indices = self.sampler.take(self.cfg.trainer.prompts_per_step)  # the same on every rank
         acc = self.accelerator
-        return [self.examples[i] for i in indices[acc.process_index::acc.num_processes]]
+        return indices, indices[acc.process_index::acc.num_processes]
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> tuple[dict[str, float], list[int], list[int]]:
         cfg, acc = self.cfg, self.accelerator
         t0 = time.perf_counter()
-        examples = self._local_prompts()
+        all_indices, mine = self._local_prompts()
+        examples = [self.examples[i] for i in mine]
         prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
-        torch.manual_seed(cfg.trainer.seed * 1_000_003 + step * 101 + acc.process_index)
-        policy = acc.unwrap_model(self.model).eval()
-        responses = generate(policy, prompts, cfg.rollout, self.stop_ids, self.pad_id)
+        seeds = [mix_seed(cfg.trainer.seed, step, i) for i in mine]
+        with generation_model(acc, self.model, cfg.rollout.zero3_gather_weights) as (module, synced_gpus):
+            policy = inner_model(module.policy).eval()
+            responses = generate(policy, prompts, cfg.rollout, self.stop_ids, self.pad_id, seeds=seeds,
+                                 synced_gpus=synced_gpus)
         texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
         t1 = time.perf_counter()
 
@@ -145,8 +218,6 @@ class Trainer:
         lengths = torch.tensor([len(r.token_ids) for r in responses], dtype=torch.float32)
         metrics.update(reward_metrics)
         metrics.update({
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
             "advantage/abs_mean": advantages.abs().mean().item(),
             "zero_std_groups": zero_std.item(),
             "response_length/mean": lengths.mean().item(),
@@ -157,10 +228,13 @@ class Trainer:
             "time/update_s": t3 - t2,
         })
         metrics = self._reduce(metrics)
+        everyone = acc.gather(rewards.to(acc.device)) if acc.num_processes > 1 else rewards  # [prompts * G]
+        metrics["reward/mean"] = everyone.mean().item()
+        metrics["reward/std"] = everyone.std().item() if len(everyone) > 1 else 0.0
         metrics["time/step_s"] = time.perf_counter() - t0
         metrics["step"] = step + 1
         metrics["epoch"] = self.sampler.epoch
-        return metrics
+        return metrics, all_indices, mine
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average (or max, for */max) each metric over ranks; one collective for all of them."""
@@ -176,32 +250,96 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def trainer_state(self, step: int, tracker: Tracker) -> dict:
-        return {"step": step, "sampler": self.sampler.state_dict(), "wandb_id": tracker.wandb_id}
+        return {"step": step, "sampler": self.sampler.state_dict(), "wandb_id": tracker.wandb_id,
+                "world_size": self.accelerator.num_processes, "model": self.cfg.model.name_or_path}
+
+    def _log_prompts(self, step: int, indices: list[int], mine: list[int]) -> None:
+        """Which prompts each step used, and which rank sampled each (``prompts.jsonl``)."""
+        acc = self.accelerator
+        by_rank = gather_objects(acc, mine)
+        if not acc.is_main_process:
+            return
+        row = {"step": step, "epoch": self.sampler.epoch, "indices": indices,
+               "ids": [self.examples[i].id for i in indices], "by_rank": by_rank}
+        with open(os.path.join(self.cfg.output_dir, "prompts.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
     def train(self) -> dict[str, float]:
+        """Run to ``trainer.max_steps``, or until a stop signal (then ``self.stopped_by`` names it)."""
         cfg, acc = self.cfg, self.accelerator
-        tracker = Tracker(cfg, acc.is_main_process, cfg.trainer.max_steps, self.start_step)
+        total, every = cfg.trainer.max_steps, cfg.checkpoint.every_steps
+        tracker = Tracker(cfg, acc.is_main_process, total, self.start_step, wandb_id=self.wandb_id)
+        signals = self.signals
+        self.stopped_by: str | None = None
         metrics: dict[str, float] = {}
         try:
-            for step in range(self.start_step, cfg.trainer.max_steps):
-                metrics = self.step(step)
+            step = self.start_step
+            while step < total:
+                metrics, indices, mine = self.step(step)
+                step += 1
                 tracker.log(metrics)
-                every = cfg.checkpoint.every_steps
-                if every and (step + 1) % every == 0 and step + 1 < cfg.trainer.max_steps:
-                    save_checkpoint(acc, cfg.output_dir, step + 1, self.trainer_state(step + 1, tracker),
+                self._log_prompts(step, indices, mine)
+                stopping = signals.agree(acc)  # every rank stops after the same step
+                if step == total or (every and step % every == 0) or stopping:
+                    save_checkpoint(acc, cfg.output_dir, step, self.trainer_state(step, tracker),
                                     cfg.checkpoint.keep_last)
-            save_checkpoint(acc, cfg.output_dir, cfg.trainer.max_steps,
-                            self.trainer_state(cfg.trainer.max_steps, tracker), cfg.checkpoint.keep_last)
-            if cfg.checkpoint.save_final_model:
+                if stopping and step < total:
+                    self.stopped_by = stopping
+                    logger.info("stopped after step %d on %s; checkpoint saved", step, stopping)
+                    break
+            if self.stopped_by is None and cfg.checkpoint.save_final_model:
                 self.save_model(os.path.join(cfg.output_dir, "final"))
         finally:
+            signals.uninstall()
             tracker.close()
         return metrics
 
     def save_model(self, out_dir: str) -> None:
+        """The final policy: a transformers folder, or under LoRA the adapter; with the processor."""
         acc = self.accelerator
-        state = acc.get_state_dict(self.model)  # collective under ZeRO-3
+        policy = acc.unwrap_model(self.model).policy
+        lora = is_lora(policy)
+        # Weights are saved under the model's own module names (transformers >= 5 format):
+        # reverting to a checkpoint's original names goes wrong for models loaded under ZeRO-3.
+        if zero_stage(acc) == 3 or lora:  # partitioned weights (or only the adapter): collect them
+            state = self._gathered_state(trainable_only=lora)
+            if acc.is_main_process:
+                if lora:
+                    save_adapter(policy, out_dir, state)
+                else:
+                    policy.save_pretrained(out_dir, state_dict=state, safe_serialization=True,
+                                           save_original_format=False)
+        elif acc.is_main_process:  # every rank holds the full, current weights
+            policy.save_pretrained(out_dir, safe_serialization=True, save_original_format=False)
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             save_processor(self.processor, out_dir)
         acc.wait_for_everyone()
+
+    def _gathered_state(self, trainable_only: bool) -> dict[str, torch.Tensor]:
+        """Full CPU copies of the policy's tensors by state-dict name, on the main process.
+
+        Under ZeRO-3 each parameter is gathered in turn (a collective: every rank calls this),
+        so at most one full parameter is materialised beyond the shards at a time.
+        """
+        acc = self.accelerator
+        policy = acc.unwrap_model(self.model).policy
+        params = dict(policy.named_parameters(remove_duplicate=False))  # tied weights under each name
+        zero3 = zero_stage(acc) == 3
+        state, seen = {}, set()
+        for name, tensor in policy.state_dict(keep_vars=True).items():
+            param = params.get(name)
+            if trainable_only and (param is None or not param.requires_grad):
+                continue
+            if param is not None:
+                if id(param) in seen:
+                    continue  # a tied weight (output head = input embeddings): saved once
+                seen.add(id(param))
+            if zero3 and param is not None and hasattr(param, "ds_id"):
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([param]):
+                    if acc.is_main_process:
+                        state[name] = param.detach().cpu().clone()
+            elif acc.is_main_process:
+                state[name] = tensor.detach().cpu().clone()
+        return state

@@ -8,6 +8,10 @@ ranks, gradients are averaged, so those counts are the global ones divided by th
 Old log-probs: with one minibatch the single update happens at the rollout weights, so
 ``old_logprobs = logprobs.detach()`` gives the same values and saves a forward pass; with
 several minibatches they are computed once, before the first optimizer step.
+
+The model accelerate prepares is ``PolicyLogprobs``: the policy behind a forward that
+returns response log-probs. Every training forward goes through accelerate's wrapper
+(DDP's gradient synchronisation, DeepSpeed's engine) rather than around it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from rlvr.config import Config
 from rlvr.logprobs import response_logprobs
+from rlvr.lora import inner_model, reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
 from rlvr.rollout import PromptInputs, Response, collate_sequences
 
@@ -33,6 +38,11 @@ def loss_kwargs(cfg: Config) -> dict:
     return kwargs
 
 
+# Loss metrics aggregated with the minibatch-wide divisor (``rlvr.losses.aggregate`` with
+# global counts): micro-batch values add up to the minibatch value instead of averaging to it.
+PARTIAL_SUM_METRICS = {"kl"}
+
+
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     out = torch.zeros(len(rows), width)
     for i, row in enumerate(rows):
@@ -40,7 +50,23 @@ def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out  # [B, width]
 
 
+class PolicyLogprobs(torch.nn.Module):
+    """The policy (a transformers or peft model) as a module whose forward gives response log-probs."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict, temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False):
+        return response_logprobs(inner_model(self.policy), batch, temperature=temperature, chunk_size=chunk_size,
+                                 with_entropy=with_entropy)
+
+
 class PolicyUpdate:
+    """``model``: the prepared ``PolicyLogprobs``. ``ref_model``: the frozen reference for the KL
+    penalty (a transformers model, or a DeepSpeed engine around one under ZeRO-3), or the string
+    "adapter-off" (LoRA: the policy itself with its adapters disabled)."""
+
     def __init__(self, cfg: Config, accelerator, model, optimizer, scheduler, pad_id: int, ref_model=None):
         self.cfg, self.accelerator, self.model = cfg, accelerator, model
         self.optimizer, self.scheduler, self.pad_id, self.ref_model = optimizer, scheduler, pad_id, ref_model
@@ -53,8 +79,11 @@ class PolicyUpdate:
         return {k: v.to(device) for k, v in batch.items() if v is not None}
 
     def _logprobs(self, model, batch: dict, with_entropy: bool = False):
-        return response_logprobs(model, batch, temperature=self.cfg.rollout.temperature,
-                                 chunk_size=self.cfg.trainer.logprob_chunk_size, with_entropy=with_entropy)
+        kwargs = dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.trainer.logprob_chunk_size,
+                      with_entropy=with_entropy)
+        if model is self.model:
+            return model(batch, **kwargs)
+        return response_logprobs(model, batch, **kwargs)
 
     @torch.no_grad()
     def _precompute(self, model, prompts, responses, micro) -> list[torch.Tensor]:
@@ -64,6 +93,30 @@ class PolicyUpdate:
             for row, i in enumerate(idx):
                 out[i] = lp[row, :len(responses[i].token_ids)].float().cpu()
         return out
+
+    def _reference(self, prompts, responses, micro) -> list[torch.Tensor] | None:
+        if self.ref_model is None:
+            return None
+        if isinstance(self.ref_model, str):  # "adapter-off"
+            with reference_context(self.accelerator.unwrap_model(self.model).policy):
+                return self._precompute(self.model, prompts, responses, micro)
+        return self._precompute(self.ref_model, prompts, responses, micro)
+
+    def _fill_missing_grads(self) -> None:
+        """Give every trainable parameter a gradient (zeros where none flowed) before the step.
+
+        AdamW skips a parameter whose grad is None, but still moves one whose grad is zero
+        (its momentum). Under data parallelism or DeepSpeed every parameter always has a
+        gradient (in multi-process runs the vision tower even runs on text-only batches), so
+        a single process must do the same, or a text-only batch would update the vision
+        tower differently with one process than with several.
+        """
+        if self.accelerator.state.deepspeed_plugin is not None:
+            return  # DeepSpeed keeps its own flat gradient buffers
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     def _global(self, local: float) -> float:
         """Global count / world size: the divisor that makes rank-averaged gradients exact."""
@@ -83,7 +136,7 @@ class PolicyUpdate:
 
         self.model.train()
         old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
-        ref = self._precompute(self.ref_model, prompts, responses, all_micro) if self.ref_model is not None else None
+        ref = self._reference(prompts, responses, all_micro)
 
         sums: dict[str, float] = defaultdict(float)
         maxes: dict[str, float] = defaultdict(lambda: float("-inf"))
@@ -114,9 +167,12 @@ class PolicyUpdate:
                     for k, v in metrics.items():
                         if k.endswith("/max"):
                             maxes[k] = max(maxes[k], float(v))
+                        elif k in PARTIAL_SUM_METRICS:  # divided by global counts, like the loss
+                            sums[k] += float(v) / len(minibatches)
                         else:
                             sums[k] += float(v) * weight
                     if acc.sync_gradients:
+                        self._fill_missing_grads()
                         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                         sums["grad_norm"] += float(grad_norm) / len(minibatches)
                         sums["lr"] = self.scheduler.get_last_lr()[0]
