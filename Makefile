@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 DEMO_ASSETS := runs/demo-assets
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo demo-assets test test-fast clean
+.PHONY: install demo demo-assets test test-fast system-deps clean
 
 install: $(STAMP)
 
@@ -27,7 +27,22 @@ demo-assets: $(STAMP)
 demo: demo-assets
 	$(BIN)/python launch/train.py --config recipes/demo.yaml output_dir=$(DEMO_RUN)
 
-test: $(STAMP)
+# What the multi-process and SLURM tests need besides Python packages, from Debian when
+# missing (root only; otherwise those tests are skipped or fail with a message saying why):
+# a C++ compiler and ninja (DeepSpeed builds its CPU communication op on first use), and
+# SLURM with munge (tests/test_slurm.py runs a two-node cluster on localhost).
+SYSTEM_BINS := c++ ninja slurmctld slurmd sbatch munged
+SYSTEM_PKGS := g++ ninja-build slurmctld slurmd slurm-client munge
+system-deps:
+	@missing=$$(for b in $(SYSTEM_BINS); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(SYSTEM_PKGS) (missing: $$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	  else echo "missing $$missing: install $(SYSTEM_PKGS) as root for the distributed and SLURM tests"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
