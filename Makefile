@@ -43,6 +43,7 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
+	sh tests/browser/install.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

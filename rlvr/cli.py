@@ -38,6 +38,12 @@ def run_training(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from rlvr.validate import preflight
+
+    report = preflight(cfg)  # the cheap part of `python -m rlvr.validate`, before any GPU time
+    if report.failed:
+        print(report.render(), file=sys.stderr)
+        return 2
     from rlvr.checkpoint import ResumeError
     from rlvr.distributed import is_collective_failure, report_stop
     from rlvr.trainer import Trainer
@@ -67,4 +73,10 @@ def run_training(argv: list[str]) -> int:
         print(f"metrics: {os.path.join(out, 'metrics.jsonl')}")
         if cfg.checkpoint.save_final_model:
             print(f"final model: {os.path.join(out, 'final')}")
+        from rlvr.metrics import run_summary
+        from rlvr.plot import plot_run
+
+        if cfg.log.plots:
+            plot_run(cfg.output_dir)
+        print("\n" + run_summary(cfg.output_dir))
     return 0

@@ -157,6 +157,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    every_steps: int = 0  # evaluate on data.val_files every N RL steps; 0 = only at the end (no val_files: never)
+    k: int = 8  # sampled responses per prompt: pass@1 is their mean; pass@k and maj@k use all k
+    greedy: bool = True  # also decode one greedy response per prompt (eval/greedy)
+    max_prompts: int | None = None  # evaluate the first N validation rows only; None = all
+    temperature: float | None = None  # sampling temperature; None = rollout.temperature
+    max_new_tokens: int | None = None  # response length cap, tokens; None = rollout.max_new_tokens
+    seed: int = 1234  # sampling seed, the same at every evaluation: evaluations differ only by the weights
+
+
+@dataclass
 class LogConfig:
     wandb: bool = False  # log to Weights & Biases
     project: str = "rlvr"  # wandb project
@@ -164,6 +175,9 @@ class LogConfig:
     tags: list[str] = field(default_factory=list)  # wandb tags
     group: str | None = None  # wandb group
     progress_bar: bool = True  # show a progress bar on the main process
+    samples_every: int = 50  # a page of rollouts (samples/step_N.html) and a wandb table every N steps and at step 1; 0 = off
+    samples_per_step: int = 4  # rollouts on each samples page
+    plots: bool = True  # write <output_dir>/plots/*.png at each evaluation and at the end
 
 
 @dataclass
@@ -179,6 +193,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -602,6 +617,14 @@ def validate(cfg: Config) -> None:
           "or leave it unset for a fresh run.")
     check(c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last} must be >= 1, or resuming would find no checkpoint.")
     check(c.every_steps >= 0, f"checkpoint.every_steps={c.every_steps} must be >= 0 (0 = only at the end).")
+    e = cfg.eval
+    check(e.k >= 1, f"eval.k={e.k} must be >= 1 (sampled responses per validation prompt; 8 is typical).")
+    check(e.every_steps >= 0, f"eval.every_steps={e.every_steps} must be >= 0 (0 = evaluate only at the end).")
+    check(e.max_prompts is None or e.max_prompts >= 1, f"eval.max_prompts={e.max_prompts} must be >= 1, or null for all.")
+    check(e.temperature is None or e.temperature > 0, f"eval.temperature={e.temperature} must be > 0, or null for rollout.temperature.")
+    check(e.max_new_tokens is None or e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1, or null.")
+    check(cfg.log.samples_every >= 0 and cfg.log.samples_per_step >= 0, "log.samples_every and log.samples_per_step "
+          "must be >= 0 (0 turns the samples pages off).")
     if problems:
         lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
         raise ConfigError(f"Invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")

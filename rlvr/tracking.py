@@ -43,7 +43,10 @@ class Tracker:
         if cfg.log.progress_bar:
             from tqdm.auto import tqdm
 
+            from rlvr.metrics import ProgressPostfix
+
             self.bar = tqdm(total=total_steps, initial=start_step, desc="rlvr", dynamic_ncols=True)
+            self.postfix = ProgressPostfix()  # step, reward, eval accuracy, s/step; tqdm adds the ETA
 
     @property
     def wandb_id(self) -> str | None:
@@ -58,13 +61,8 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         if self.bar is not None:
+            self.bar.set_postfix(self.postfix(row), refresh=False)  # before update(), which redraws
             self.bar.update(1)
-            self.bar.set_postfix(
-                reward=f"{row.get('reward/mean', float('nan')):.3f}",
-                loss=f"{row.get('loss', float('nan')):.4f}",
-                s_per_step=f"{row.get('time/step_s', float('nan')):.1f}",
-                refresh=False,
-            )
         elif row["step"] % 10 == 0:
             logger.info("step %d reward %.3f loss %.4f", row["step"], row.get("reward/mean", float("nan")),
                         row.get("loss", float("nan")))

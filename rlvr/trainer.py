@@ -30,11 +30,14 @@ from rlvr.checkpoint import (ResumeError, install_hooks, load_checkpoint, resolv
                              truncate_run_logs)
 from rlvr.config import Config, save_config
 from rlvr.data import EpochSampler, load_examples
+from rlvr.evaluate import Evaluator
 from rlvr.distributed import (StopSignal, configure_deepspeed, describe_ranks, gather_objects, generation_model,
                               make_accelerator, prepare_reference, zero_stage)
 from rlvr.lora import apply_lora, inner_model, is_lora, save_adapter
 from rlvr.models import load_model, load_processor, save_processor, stop_token_ids, vision_tower
+from rlvr.plot import plot_run
 from rlvr.rollout import encode_prompt, generate, mix_seed
+from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
 from rlvr.update import PolicyLogprobs, PolicyUpdate
 
@@ -118,6 +121,9 @@ class Trainer:
         configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, rel_tol=cfg.reward.rel_tol,
                                    timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
         self.reward_fn = RewardComposer([(f.name, f.weight) for f in cfg.reward.functions])
+        val = load_examples(cfg.data.val_files, cfg.data, self.processor)[0] if cfg.data.val_files else []
+        self.evaluator = Evaluator(cfg, self.processor, val, accelerator=acc,
+                                   out_dir=os.path.join(cfg.output_dir, "eval"))
 
         policy = self._load_policy()
         self.stop_ids = stop_token_ids(self.processor, policy)
@@ -207,6 +213,7 @@ class Trainer:
 
         per_response = [examples[r.prompt_index] for r in responses]
         rewards, reward_metrics = self.reward_fn(texts, [e.answer for e in per_response], **reward_columns(per_response))
+        self.samples.log(step + 1, per_response, responses, texts, rewards)
         rewards = torch.tensor(rewards, dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, cfg.rollout.group_size,
                                                 scale_by_std=cfg.algorithm.scale_by_std, eps=cfg.algorithm.adv_eps)
@@ -269,6 +276,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         total, every = cfg.trainer.max_steps, cfg.checkpoint.every_steps
         tracker = Tracker(cfg, acc.is_main_process, total, self.start_step, wandb_id=self.wandb_id)
+        self.samples = SampleLogger(cfg, tracker.wandb_run, enabled=acc.is_main_process)
         signals = self.signals
         self.stopped_by: str | None = None
         metrics: dict[str, float] = {}
@@ -277,7 +285,12 @@ class Trainer:
             while step < total:
                 metrics, indices, mine = self.step(step)
                 step += 1
+                if self.evaluator.due(step, total):
+                    with generation_model(acc, self.model, cfg.rollout.zero3_gather_weights) as (module, synced_gpus):
+                        metrics.update(self.evaluator.run(inner_model(module.policy), step, synced_gpus=synced_gpus))
                 tracker.log(metrics)
+                if "eval/pass@1" in metrics and cfg.log.plots and acc.is_main_process:
+                    plot_run(cfg.output_dir)
                 self._log_prompts(step, indices, mine)
                 stopping = signals.agree(acc)  # every rank stops after the same step
                 if step == total or (every and step % every == 0) or stopping:

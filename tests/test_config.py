@@ -57,7 +57,7 @@ def test_all_keys_and_dict():
     assert len(keys) == len(set(keys))
     d = config_to_dict(Config())
     assert list(d) == ["output_dir", "resume", "model", "data", "rollout", "reward", "algorithm", "trainer",
-                       "checkpoint", "log"]
+                       "checkpoint", "eval", "log"]
     assert d["reward"]["functions"] == [{"name": "rlvr.rewards:numeric_reward", "weight": 1.0}]
 
 

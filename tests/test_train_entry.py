@@ -97,3 +97,17 @@ def test_kl_penalty_loads_a_reference_and_logs_kl(qwen25_dir, tiny_data, tmp_pat
     assert rows[0]["grad_norm"] > 0
     assert rows[1]["kl"] > 1e-6  # after one update the policy has moved away from the reference
     assert "reward/odd_length" in rows[0]
+
+
+def test_eval_samples_plots_and_offline_wandb_during_training(qwen25_dir, tiny_data, tmp_path):
+    out_dir = tmp_path / "obs"
+    result = run(_small(qwen25_dir, tiny_data, out_dir, "log.wandb=true", "eval.k=2", "eval.every_steps=1",
+                        "log.samples_every=1", "checkpoint.save_final_model=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    assert all("eval/pass@1" in r for r in rows) and 0.0 <= rows[-1]["eval/pass@1"] <= 1.0
+    assert os.path.isfile(out_dir / "samples" / "step_000001.html")
+    assert os.path.getsize(out_dir / "plots" / "overview.png") > 10_000
+    import glob
+
+    assert glob.glob(str(out_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
