@@ -1,10 +1,13 @@
-"""Train a vision-language policy with RLVR.
+r"""Train a vision-language policy with RLVR.
 
     python launch/train.py --config recipes/demo.yaml [key.sub=value ...]
-    accelerate launch launch/train.py --config recipes/NAME.yaml [key.sub=value ...]
+    accelerate launch --config_file launch/accelerate/zero3.yaml --num_processes 8 launch/train.py \
+        --config recipes/NAME.yaml [key.sub=value ...]
+    sbatch --nodes=4 --gpus-per-node=8 launch/slurm/train.sbatch --config recipes/NAME.yaml [key.sub=value ...]
 
 Overrides are dotted config keys (see rlvr/config.py for all of them and their defaults),
-e.g. ``rollout.group_size=8 data.train_files=[a.jsonl,b.jsonl] output_dir=runs/x``.
+e.g. ``rollout.group_size=8 data.train_files=[a.jsonl,b.jsonl] output_dir=runs/x``; ``resume=auto``
+continues the run in output_dir from its newest checkpoint.
 """
 
 import sys

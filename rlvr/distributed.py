@@ -163,7 +163,9 @@ def describe_ranks(accelerator) -> str:
 
 
 def is_collective_failure(error: BaseException) -> bool:
-    """Does this exception come from a collective that timed out or lost a peer?"""
+    """In a multi-process run, does this exception come from a collective that timed out or lost a peer?"""
+    if not launched_distributed():
+        return False
     dist_error = getattr(torch.distributed, "DistError", ())
     text = str(error).lower()
     return isinstance(error, dist_error) or any(

@@ -103,15 +103,19 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2, proc: subp
 
 def assert_same_trajectory(expected: list[dict], got: list[dict], keys=("reward/mean", "reward/std", "loss",
                            "grad_norm", "entropy", "kl", "response_length/mean"), rtol: float = 1e-4,
-                           atol: float = 1e-5) -> float:
-    """Every step's ``keys`` agree within tolerance; returns the largest absolute difference."""
+                           atol: float = 1e-5) -> dict[str, float]:
+    """Every step's ``keys`` agree within tolerance; returns each key's largest absolute difference."""
     assert [r["step"] for r in got] == [r["step"] for r in expected]
-    worst = 0.0
+    worst: dict[str, float] = {}
     for a, b in zip(expected, got):
         for k in keys:
             if k not in a:
                 continue
             diff = abs(a[k] - b[k])
-            worst = max(worst, diff)
+            worst[k] = max(worst.get(k, 0.0), diff)
             assert diff <= atol + rtol * abs(a[k]), f"step {a['step']} {k}: {a[k]} vs {b[k]}"
     return worst
+
+
+def describe(worst: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1e}" for k, v in worst.items())

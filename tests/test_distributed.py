@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from tests.launching import (assert_same_trajectory, kill_group, make_data, rows, run, start, train_args,
+from tests.launching import (assert_same_trajectory, describe, kill_group, make_data, rows, run, start, train_args,
                              wait_for)
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_two_processes_match_one(config, single, qwen25_dir, data, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "process group of 2: rank 0" in result.stderr and "rank 1 on" in result.stderr
     worst = assert_same_trajectory(rows(f"{single}/metrics.jsonl"), rows(f"{out}/metrics.jsonl"))
-    print(f"{config}: largest difference to one process over 3 steps: {worst:.2e}")
+    print(f"{config} vs one process, largest difference over 3 steps: {describe(worst)}")
     assert rows(os.path.join(out, "metrics.jsonl"))[1]["kl"] > 0  # the reference took part
     # The same prompts per step as one process; the two ranks split each step's prompts.
     one, two = _prompt_rows(single), _prompt_rows(out)
@@ -85,7 +85,7 @@ def test_lora_frozen_vision_checkpointing_and_partitioned_generation_under_zero3
     assert result.returncode == 0, result.stderr[-4000:]
     expected, got = rows(f"{one}/metrics.jsonl"), rows(f"{two}/metrics.jsonl")
     worst = assert_same_trajectory(expected, got)
-    print(f"zero3 + LoRA: largest difference to one process: {worst:.2e}")
+    print(f"zero3 + LoRA vs one process, largest difference: {describe(worst)}")
     assert expected[0]["kl"] == pytest.approx(0.0, abs=1e-7)  # adapters start at zero: policy == reference
     assert got[-1]["kl"] > 0
     for run_dir in (one, two):
@@ -101,7 +101,7 @@ def test_a_stuck_rank_fails_the_run_with_a_clear_error(single, qwen25_dir, data,
     """Rank 1 freezes (SIGSTOP) after step 1: rank 0 must give up after trainer.collective_timeout_s."""
     out = str(tmp_path / "run")
     log = str(tmp_path / "log.txt")
-    proc = start(train_args(qwen25_dir, data, out, *KL, "trainer.max_steps=6", "trainer.collective_timeout_s=20"),
+    proc = start(train_args(qwen25_dir, data, out, *KL, "trainer.max_steps=6", "trainer.collective_timeout_s=45"),
                  config="ddp", processes=2, log=log, TORCH_ELASTIC_SHUTDOWN_TIMEOUT="5")
     try:
         wait_for(lambda: os.path.exists(f"{out}/metrics.jsonl") and rows(f"{out}/metrics.jsonl"), 600,
@@ -114,7 +114,7 @@ def test_a_stuck_rank_fails_the_run_with_a_clear_error(single, qwen25_dir, data,
         proc.wait()
     text = open(log).read()
     assert proc.returncode != 0
-    assert "rank 0: a collective operation failed or waited longer than trainer.collective_timeout_s=20 s" in text
+    assert "rank 0: a collective operation failed or waited longer than trainer.collective_timeout_s=45 s" in text
     # Plain data parallelism on CPU (accelerate's MULTI_CPU) ran the same first step as one process.
     assert_same_trajectory(rows(f"{single}/metrics.jsonl")[:1], rows(f"{out}/metrics.jsonl")[:1])
 
