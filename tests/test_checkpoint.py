@@ -128,3 +128,44 @@ def test_sigkill_then_resume_auto_repeats_the_uninterrupted_run(qwen25_dir, tmp_
     a = load_file(f"{straight}/final/adapter_model.safetensors")
     b = load_file(f"{killed}/final/adapter_model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_stop_signal_is_remembered_and_agreed():
+    from rlvr.distributed import StopSignal
+
+    class _One:  # a single-process accelerator: agreeing needs no collective
+        num_processes = 1
+
+    signals = StopSignal().install()
+    try:
+        assert signals.agree(_One()) is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.received == "SIGTERM"  # the first one counts
+        assert signals.agree(_One()) == "SIGTERM"
+    finally:
+        signals.uninstall()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_the_step_boundary_and_exits_cleanly(qwen25_dir, tmp_path):
+    data = make_data(str(tmp_path / "data"), rows=8)
+    out, stop_file = str(tmp_path / "run"), str(tmp_path / "stop")
+    args = train_args(qwen25_dir, data, out, "trainer.max_steps=20")
+    proc = start(args, log=str(tmp_path / "log.txt"), RLVR_STOP_FILE=stop_file)
+    try:
+        wait_for(lambda: os.path.exists(f"{out}/metrics.jsonl") and rows(f"{out}/metrics.jsonl"), 600,
+                 "the first step", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    log = open(tmp_path / "log.txt").read()
+    assert proc.returncode == 0, log[-3000:]
+    steps = len(rows(f"{out}/metrics.jsonl"))
+    assert steps < 20 and [s for s, _ in list_checkpoints(out)] == [steps]
+    assert open(stop_file).read().strip() == "SIGTERM"  # what launch/slurm/train.sbatch reads
+    assert "continue with the same command and resume=auto" in log
+    assert not os.path.exists(f"{out}/final")
