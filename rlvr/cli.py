@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -67,7 +68,8 @@ def run_training(argv: list[str]) -> int:
             report_stop(trainer.stopped_by)
             print(f"\nstopped by {trainer.stopped_by} after a checkpoint in {os.path.join(out, 'checkpoints')}; "
                   "continue with the same command and resume=auto", flush=True)
-        return 0
+        # An orderly stop, but not a finished run: exit like a process ended by that signal.
+        return 128 + int(getattr(signal, trainer.stopped_by))
     if acc.is_main_process:
         print(f"\nfinished {cfg.trainer.max_steps} steps; last reward/mean {metrics.get('reward/mean', float('nan')):.3f}")
         print(f"metrics: {os.path.join(out, 'metrics.jsonl')}")
