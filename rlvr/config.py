@@ -88,6 +88,10 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
     top_k: int = 0  # top-k sampling; 0 = off
     micro_batch_size: int = 32  # sequences per generate call
+    # Encode each prompt's images and prefill its prompt once, then expand the KV cache (and
+    # the M-RoPE offsets) to its G samples; false runs vision and prefill for every sample.
+    shared_prefill: bool = True
+    min_new_tokens: int = 0  # the stop tokens are suppressed before this many new tokens (benchmarks)
     # ZeRO-3 only: gather the full weights on every GPU for the whole rollout (fast, needs the
     # model's 16-bit size free on each GPU). false generates through the partitioned weights,
     # gathering every layer again for every token: no extra memory, but many times slower.
@@ -566,6 +570,8 @@ def validate(cfg: Config) -> None:
     check(r.top_k >= 0, f"rollout.top_k={r.top_k} must be >= 0; 0 turns top-k sampling off.")
     check(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1 so there is a response to reward.")
     check(r.micro_batch_size >= 1, f"rollout.micro_batch_size={r.micro_batch_size} must be >= 1 (sequences per generate call).")
+    check(0 <= r.min_new_tokens <= r.max_new_tokens, f"rollout.min_new_tokens={r.min_new_tokens} must be between 0 and "
+          f"rollout.max_new_tokens={r.max_new_tokens}.")
     one_of("reward.answer_extraction", rw.answer_extraction, ANSWER_EXTRACTIONS)
     check(bool(rw.functions), "reward.functions is empty: every response would score 0 and nothing would be learned. "
           "Add one, e.g. reward.functions=[{name: 'rlvr.rewards:numeric_reward'}].")

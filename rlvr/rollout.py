@@ -171,6 +171,7 @@ def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy
         top_p=cfg.top_p if not greedy else 1.0,
         top_k=cfg.top_k if not greedy else 0,
         max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.min_new_tokens or None,
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
         repetition_penalty=1.0,
@@ -179,6 +180,38 @@ def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy
         output_logits=True,
         return_dict_in_generate=True,
     )
+
+
+def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_id: int, device) -> dict:
+    """Encode and prefill each distinct prompt once; return ``generate`` inputs for its copies.
+
+    The prompts are left-padded and run through the model without their last token, so the
+    vision tower sees each image once and the KV cache holds every prompt token but one.
+    The cache rows, and the model's M-RoPE offsets (``rope_deltas``: the gap between a
+    token's index and its rotary position that images open up), are then repeated
+    ``copies[i]`` times for prompt i. ``generate`` then computes only the last prompt token
+    and the new ones, for every copy, with positions from the expanded offsets.
+    """
+    from transformers import DynamicCache
+
+    batch = collate_prompts(prompts, pad_id)
+    batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+    cache = DynamicCache(config=model.config)
+    model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
+          mm_token_type_ids=batch["mm_token_type_ids"][:, :-1], pixel_values=batch.get("pixel_values"),
+          image_grid_thw=batch.get("image_grid_thw"), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
+                                     torch.tensor(copies, device=device))  # [b]: row -> its prompt
+    cache.reorder_cache(expand)  # index_select along the batch axis of every layer's state
+    decoder = model.model
+    if getattr(decoder, "rope_deltas", None) is not None:
+        decoder.rope_deltas = decoder.rope_deltas.index_select(0, expand.to(decoder.rope_deltas.device))  # [b, 1]
+    return {
+        "input_ids": batch["input_ids"].index_select(0, expand),  # [b, P]
+        "attention_mask": batch["attention_mask"].index_select(0, expand),  # [b, P]
+        "mm_token_type_ids": batch["mm_token_type_ids"].index_select(0, expand),  # [b, P]
+        "past_key_values": cache,
+    }
 
 
 @torch.no_grad()
@@ -190,6 +223,8 @@ def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: l
     ``seeds`` (one per prompt) makes sampling reproducible per response (``SeededSampling``);
     without it sampling draws from torch's global generator. ``synced_gpus`` is passed to
     ``model.generate`` (None: transformers decides; True under ZeRO-3 with partitioned weights).
+    With ``cfg.shared_prefill`` each distinct prompt of a micro-batch is encoded and
+    prefilled once (``_prefill_shared``); the tokens and log-probs are the same either way.
     """
     rows = [(i, j) for i in range(len(prompts)) for j in range(cfg.group_size)]
     seeded = seeds is not None and not greedy
@@ -202,8 +237,13 @@ def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: l
     out: list[Response] = []
     for start in range(0, len(rows), cfg.micro_batch_size):
         chunk = [i for i, _ in rows[start:start + cfg.micro_batch_size]]
-        batch = collate_prompts([prompts[i] for i in chunk], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+        if cfg.shared_prefill:
+            distinct = sorted(set(chunk))  # rows are prompt-major, so each prompt's copies are adjacent
+            batch = _prefill_shared(model, [prompts[i] for i in distinct], [chunk.count(i) for i in distinct],
+                                    pad_id, device)
+        else:
+            batch = collate_prompts([prompts[i] for i in chunk], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items() if v is not None}
         extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
         if seeded:
             from transformers import LogitsProcessorList

@@ -1,0 +1,102 @@
+"""Group-shared prefill: each prompt's images and prompt run once, its G samples decode together.
+
+Against the plain path (every sample encodes and prefills its own copy), for every family,
+on batches mixing text-only prompts, several images of different sizes and very different
+prompt lengths (fp32): the same greedy tokens, the same seeded samples with the same
+log-probs, and those log-probs equal to the training forward's.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from rlvr.config import RolloutConfig
+from rlvr.logprobs import response_logprobs
+from rlvr.models import load_model, load_processor, stop_token_ids, vision_tower
+from rlvr.rollout import collate_sequences, generate
+from tests.test_logprobs import _prompt, _rollout_logprobs
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir):
+    processor = load_processor(tiny_model_dir)
+    model = load_model(tiny_model_dir, dtype="float32").eval()
+    prompts = [
+        _prompt(processor, "A much longer question about two images, with many more words so that the "
+                           "padding on the left is long and matters for every position id", [(200, 120), (84, 112)]),
+        _prompt(processor, "text only, no image at all", []),
+        _prompt(processor, "What colour is it?", [(56, 56)]),
+        _prompt(processor, "three images", [(60, 60), (150, 70), (56, 200)]),
+    ]
+    return processor, model, prompts
+
+
+def _run(setup, shared: bool, **kwargs):
+    processor, model, prompts = setup
+    cfg = RolloutConfig(**{"group_size": 3, "max_new_tokens": 12, "micro_batch_size": 12, **kwargs},
+                        shared_prefill=shared)
+    return generate(model, prompts, cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id,
+                    greedy=kwargs.get("temperature") is None, seeds=[11, 22, 33, 44])
+
+
+def _images_encoded(model, fn) -> int:
+    """Images the vision tower encodes while ``fn`` runs (rows of the grid it is given)."""
+    seen = []
+    handle = vision_tower(model).register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs.get("grid_thw", args[1] if len(args) > 1 else None))),
+        with_kwargs=True)
+    try:
+        result = fn()
+    finally:
+        handle.remove()
+    return sum(seen), result
+
+
+def test_greedy_tokens_equal_the_plain_path(setup):
+    model = setup[1]
+    n_shared, shared = _images_encoded(model, lambda: _run(setup, True))
+    n_plain, plain = _images_encoded(model, lambda: _run(setup, False))
+    assert [r.token_ids.tolist() for r in shared] == [r.token_ids.tolist() for r in plain]
+    for a, b in zip(shared, plain):
+        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    # 6 distinct images; the plain path encodes each once per sample (G = 3)
+    assert (n_shared, n_plain) == (6, 18)
+
+
+@pytest.mark.parametrize("micro_batch_size", [12, 4, 5])  # 4, 5: groups split across generate calls
+def test_seeded_samples_and_logprobs_equal_the_plain_path(setup, micro_batch_size):
+    shared = _run(setup, True, temperature=0.8, micro_batch_size=micro_batch_size)
+    plain = _run(setup, False, temperature=0.8, micro_batch_size=12)
+    assert [r.prompt_index for r in shared] == [i for i in range(4) for _ in range(3)]
+    assert [r.token_ids.tolist() for r in shared] == [r.token_ids.tolist() for r in plain]
+    diff = max((a.logprobs - b.logprobs).abs().max().item() for a, b in zip(shared, plain))
+    assert diff < 1e-5, diff
+    assert len({tuple(r.token_ids.tolist()) for r in shared}) > 4  # the samples of a group differ
+
+
+def test_shared_prefill_logprobs_equal_the_training_forward(setup):
+    processor, model, prompts = setup
+    responses = _run(setup, True, temperature=0.7)
+    order = list(range(len(responses)))[::-1]  # another order, right padding
+    batch = collate_sequences([prompts[responses[i].prompt_index] for i in order],
+                              [responses[i].token_ids for i in order], processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = response_logprobs(model, batch, temperature=0.7)
+    mask = batch["response_mask"]
+    expected = _rollout_logprobs([responses[i] for i in order], mask.shape[1])
+    diff = ((logprobs - expected).abs() * mask).max().item()
+    assert diff < 1e-4, diff
+
+
+def test_a_plain_forward_after_generation_is_unaffected(setup):
+    """The expanded M-RoPE offsets stay on the model after generation; a training forward must ignore them."""
+    processor, model, prompts = setup
+    responses = _run(setup, False)
+    batch = collate_sequences([prompts[r.prompt_index] for r in responses], [r.token_ids for r in responses],
+                              processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        before, _ = response_logprobs(model, batch)
+        _run(setup, True, group_size=5)
+        after, _ = response_logprobs(model, batch)
+    assert torch.equal(before, after)
