@@ -329,6 +329,46 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return model.model, model.get_output_embeddings()
 
 
+@contextlib.contextmanager
+def shared_image_features(decoder: torch.nn.Module, image_source: torch.Tensor | None):
+    """Within the block, the decoder encodes each distinct image once.
+
+    ``image_source`` [N_images]: for each image of the batch (in ``image_grid_thw`` order),
+    the index of the first image identical to it (``rollout.collate_sequences`` knows: the
+    G samples of a prompt share its images). The vision tower then runs on the distinct
+    images only and their features are repeated to every copy, so backward sums the
+    copies' gradients into each image, as G separate encodings would. The model's own
+    image path (placeholder scatter, DeepStack) runs unchanged on the repeated features,
+    in its usual order, which ZeRO-3 needs (see ``sync_vision_tower_calls``). A call with
+    other images (the dummy image of that fix) passes through.
+    """
+    source = None if image_source is None else image_source.tolist()
+    if source is None or len(set(source)) == len(source):
+        yield
+        return
+    original = decoder.get_image_features
+    distinct = sorted(set(source))
+    slot = {image: k for k, image in enumerate(distinct)}
+
+    def encode_distinct(pixel_values, image_grid_thw=None, **kwargs):
+        if image_grid_thw is None or len(image_grid_thw) != len(source):
+            return original(pixel_values, image_grid_thw, **kwargs)
+        ends = image_grid_thw.prod(-1).cumsum(0).tolist()  # patch rows of each image end here
+        starts = [0] + ends[:-1]
+        pixels = torch.cat([pixel_values[starts[i]:ends[i]] for i in distinct])  # [N_distinct_patches, D]
+        out = original(pixels, image_grid_thw[distinct], **kwargs)
+        out.pooler_output = tuple(out.pooler_output[slot[i]] for i in source)  # per image [tokens_i, H]
+        if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: per layer, per image
+            out.deepstack_features = [tuple(layer[slot[i]] for i in source) for layer in out.deepstack_features]
+        return out
+
+    decoder.get_image_features = encode_distinct  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del decoder.get_image_features
+
+
 def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keyword arguments of the decoder forward for a collated batch.
 

@@ -72,6 +72,17 @@ def _cat_vision(prompts: list[PromptInputs]) -> dict[str, torch.Tensor | None]:
     }
 
 
+def _image_source(prompts: list[PromptInputs]) -> torch.Tensor | None:
+    """[N_images]: for each image of the batch, the index of its first copy (rows of one prompt share images)."""
+    first_image: dict[int, int] = {}  # id(prompt) -> index of its first image in the batch
+    source: list[int] = []
+    for p in prompts:
+        n = 0 if p.image_grid_thw is None else len(p.image_grid_thw)
+        start = first_image.setdefault(id(p), len(source))
+        source.extend(range(start, start + n))
+    return torch.tensor(source, dtype=torch.long) if source else None
+
+
 def collate_prompts(prompts: list[PromptInputs], pad_id: int) -> dict[str, torch.Tensor | None]:
     """Left-padded generation batch."""
     width = max(len(p.input_ids) for p in prompts)
@@ -89,9 +100,10 @@ def collate_prompts(prompts: list[PromptInputs], pad_id: int) -> dict[str, torch
 def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor | None]:
     """Training batch: ``[prompt | response | right padding]`` per row.
 
-    Adds ``response_ids`` [B, R] and ``response_mask`` [B, R] (right-padded), and
+    Adds ``response_ids`` [B, R] and ``response_mask`` [B, R] (right-padded),
     ``logit_positions`` [B, R]: the sequence index whose output predicts response token t,
-    i.e. ``prompt_len - 1 + t``.
+    i.e. ``prompt_len - 1 + t``, and ``image_source`` [N_images] (``_image_source``; rows
+    holding the same ``PromptInputs`` object share its images).
     """
     b = len(prompts)
     width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
@@ -114,7 +126,7 @@ def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor]
         logit_positions[i] = (n - 1 + torch.arange(r_width)).clamp(max=n + m - 1)
     return {
         "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
-        **_cat_vision(prompts),
+        **_cat_vision(prompts), "image_source": _image_source(prompts),
         "response_ids": response_ids, "response_mask": response_mask, "logit_positions": logit_positions,
     }
 

@@ -100,3 +100,37 @@ def test_a_plain_forward_after_generation_is_unaffected(setup):
         _run(setup, True, group_size=5)
         after, _ = response_logprobs(model, batch)
     assert torch.equal(before, after)
+
+
+def _training_forward(model, batch, shared: bool):
+    """Log-probs and the gradients of every parameter (vision tower included) of one backward."""
+    from rlvr.models import decoder_and_head, forward_inputs, shared_image_features
+
+    model.zero_grad(set_to_none=True)
+    decoder, head = decoder_and_head(model)
+    source = batch["image_source"] if shared else None
+    with shared_image_features(decoder, source):
+        hidden = decoder(**forward_inputs(batch), use_cache=False).last_hidden_state  # [B, L, H]
+    logprobs = torch.log_softmax(head(hidden).float(), -1)[:, :-1].gather(
+        -1, batch["input_ids"][:, 1:, None]).squeeze(-1) * batch["attention_mask"][:, 1:]  # [B, L-1]
+    (logprobs.sum(1) * torch.linspace(-1.0, 2.0, len(logprobs))).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logprobs.detach(), grads
+
+
+def test_training_forward_encodes_each_image_once_with_the_same_gradients(setup):
+    processor, model, prompts = setup
+    pad = processor.tokenizer.pad_token_id
+    # Rows: prompt 0 three times, prompt 3 twice, the text-only prompt, prompt 2 once.
+    rows = [0, 3, 0, 1, 3, 0, 2]
+    responses = [torch.tensor([40, 41, 42, 43, 44][: 2 + k % 4]) for k in range(len(rows))]
+    batch = collate_sequences([prompts[i] for i in rows], responses, pad)
+    assert batch["image_source"].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 12]
+    n_shared, (lp_shared, g_shared) = _images_encoded(model, lambda: _training_forward(model, batch, True))
+    n_plain, (lp_plain, g_plain) = _images_encoded(model, lambda: _training_forward(model, batch, False))
+    assert (n_shared, n_plain) == (6, 13)
+    assert torch.allclose(lp_shared, lp_plain, atol=1e-5)
+    assert g_shared.keys() == g_plain.keys() and any(".visual." in n or n.startswith("model.visual") for n in g_plain)
+    for name in g_plain:
+        assert torch.allclose(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4), name
