@@ -35,10 +35,9 @@ How each side is driven:
   come from timing ``_generate`` (rollout) and ``_calculate_rewards`` (reward); "update" is
   the rest of the step (re-processing the images, advantages, forward/backward, optimizer).
 
-rlvr has no setting that keeps responses from ending (``rollout.min_new_tokens`` or
-similar); until it has one, this script adds the stop tokens to the ids that
-``rlvr.rollout.generate`` suppresses (``never_sample_ids``). TRL gets the same list through
-``generation_kwargs={"suppress_tokens": ...}``. After the first step, both sides' work is
+Stop tokens are suppressed until the 64th new token in both (``rollout.min_new_tokens``;
+TRL: ``generation_kwargs={"min_new_tokens": ...}``), and the vision placeholder tokens
+rlvr never samples are suppressed in TRL too. After the first step, both sides' work is
 checked and printed: sequences, response lengths, prompt and image tokens, rewards computed.
 
 Everything runs on CPU (CUDA is hidden) with ``--threads`` torch threads (default: all cores).
@@ -148,6 +147,7 @@ def rlvr_overrides(s: Settings, tmp: Path) -> list[str]:
         f"data.max_prompt_tokens={image_tokens(s) + 256}",
         f"rollout.group_size={s.group_size}",
         f"rollout.max_new_tokens={s.new_tokens}",
+        f"rollout.min_new_tokens={s.new_tokens}",
         f"rollout.micro_batch_size={batch}",  # one generate call, as TRL makes
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
@@ -168,14 +168,6 @@ def rlvr_overrides(s: Settings, tmp: Path) -> list[str]:
         "log.samples_every=0",
         "log.plots=false",
     ]
-
-
-def suppress_stop_tokens_in_rlvr(stop_ids: list[int]) -> None:
-    """Stand-in for a missing rlvr setting: never sample a stop token, so responses run to max_new_tokens."""
-    import rlvr.rollout
-
-    base = rlvr.rollout.never_sample_ids
-    rlvr.rollout.never_sample_ids = lambda model: list(dict.fromkeys(base(model) + stop_ids))
 
 
 def trl_numeric_reward(prompts, completions, answer, **columns):
@@ -307,7 +299,6 @@ def build_rlvr(s: Settings, tmp: Path):
     validate(cfg)
     trainer = Trainer(cfg)
     trainer.samples = SampleLogger(cfg, None, enabled=False)  # step() logs samples; train() usually makes this
-    suppress_stop_tokens_in_rlvr(list(trainer.stop_ids))
     record_rlvr_update(trainer)
     return trainer, cfg
 
@@ -351,8 +342,9 @@ def build_trl(s: Settings, tmp: Path, cfg, rows: list[dict], stop_ids: list[int]
         steps_per_generation=1, num_iterations=1,
         num_generations=s.group_size, max_completion_length=s.new_tokens,
         temperature=cfg.rollout.temperature, top_p=1.0, top_k=0,
-        # the ids rlvr never samples (vision markers) plus the stop tokens, as in suppress_stop_tokens_in_rlvr
-        generation_kwargs={"suppress_tokens": list(dict.fromkeys(never_sample_ids(model) + stop_ids))},
+        # responses run to max_completion_length as rlvr's (rollout.min_new_tokens); the vision
+        # markers rlvr never samples are suppressed here too
+        generation_kwargs={"min_new_tokens": s.new_tokens, "suppress_tokens": never_sample_ids(model)},
         loss_type="sapo", beta=0.0, scale_rewards="group",
         sapo_temperature_pos=cfg.algorithm.tau_pos, sapo_temperature_neg=cfg.algorithm.tau_neg,
         learning_rate=t.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=t.weight_decay,
