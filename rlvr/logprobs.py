@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlvr.models import decoder_and_head, forward_inputs
+from rlvr.models import decoder_and_head, forward_inputs, shared_image_features
 
 # Rows per chunk for ``selective_logprobs``: one fp32 chunk of logits is 1024 x V x 4 bytes
 # (622 MB at V = 151936). benchmarks/logprob_memory.py shows the peak at this size against
@@ -214,7 +214,9 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
     no head compute; its padded slots come back as 0.
     """
     decoder, head = decoder_and_head(model)
-    hidden = decoder(**forward_inputs(batch), use_cache=False).last_hidden_state  # [B, L, H]
+    # Rows of one prompt share its images: the vision tower encodes each once (shared_image_features).
+    with shared_image_features(decoder, batch.get("image_source")):
+        hidden = decoder(**forward_inputs(batch), use_cache=False).last_hidden_state  # [B, L, H]
     positions = batch["logit_positions"]  # [B, R]
     hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
     targets = batch["response_ids"]  # [B, R]
