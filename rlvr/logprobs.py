@@ -29,10 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from rlvr.models import decoder_and_head, forward_inputs, shared_image_features
 
-# Rows per chunk for ``selective_logprobs``: one fp32 chunk of logits is 1024 x V x 4 bytes
-# (622 MB at V = 151936). benchmarks/logprob_memory.py shows the peak at this size against
-# the naive path; larger chunks barely speed up the matmuls and cost memory linearly.
-DEFAULT_CHUNK_ROWS = 1024
+# Rows per chunk for ``selective_logprobs``. The backward peak is the [V, H] fp32 weight
+# gradient plus one fp32 [rows, V] chunk (297 MiB at 512 rows, V = 151936); at 1024 rows
+# benchmarks/logprob_memory.py measured 26% of the naive peak (B=2, T=2048, H=2048), so 512:
+# the matmuls are already large enough that halving the chunk costs no measurable speed.
+DEFAULT_CHUNK_ROWS = 512
 
 
 def _no_autocast(device_type: str):
@@ -200,8 +201,89 @@ def _checkpointed_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets:
     return torch.cat(chosen, dim=1), torch.cat(entropies, dim=1)  # [B, R], [B, R]
 
 
+def _world_min(flag: bool, device) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _can_share_prompts(decoder, batch: dict) -> bool:
+    """Whether ``_shared_prompt_hidden`` applies: see its docstring for the conditions."""
+    if batch.get("prompt_group") is None:
+        return False
+    text = decoder.config.get_text_config() if hasattr(decoder.config, "get_text_config") else decoder.config
+    if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
+        return False  # linear attention: the recurrent state does not split into prompt and response parts
+    if decoder.training and any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
+        return False  # transformers drops the KV cache inside checkpointed layers
+    # Every rank must take the same path, and a rank whose prompts have no image must not
+    # skip the vision tower while another runs it (see rlvr.models.sync_vision_tower_calls).
+    return _world_min(batch.get("pixel_values") is not None, batch["input_ids"].device)
+
+
+def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
+    """Final hidden states [B, R, H] that predict the response tokens, each prompt computed once.
+
+    The G samples of a prompt share its tokens, so under causal attention they share every
+    hidden state and key/value of the prompt. The prompts of the batch's distinct groups
+    run once (left-padded, all but their last token, images included), their KV cache is
+    repeated to every row of the group (``index_select``: backward sums the rows'
+    gradients into the one prompt computation), and then the rows run ``[last prompt token,
+    response[:-1]]`` on top. Positions are the full sequences' 3-D M-RoPE positions, which
+    depend on the unpadded tokens only, so every log-prob equals the plain forward's.
+    Used when the decoder is full attention only (not Qwen3.5's linear attention), without
+    gradient checkpointing (transformers drops the cache inside checkpointed layers), and,
+    in multi-process runs, when every rank's batch has images.
+    """
+    from transformers import DynamicCache
+
+    ids, types = batch["input_ids"], batch["mm_token_type_ids"]  # [B, L]
+    response, response_mask = batch["response_ids"], batch["response_mask"]  # [B, R]
+    group = batch["prompt_group"]  # [B]
+    lengths = (batch["logit_positions"][:, 0] + 1).tolist()  # prompt tokens per row
+    b, r = response.shape
+    width = max(lengths)
+    # Left-padded prompts, then right-padded responses: the generation layout.
+    full_ids = ids.new_zeros(b, width + r)  # [B, Lp + R]
+    full_types = types.new_zeros(b, width + r)  # [B, Lp + R]
+    full_mask = batch["attention_mask"].new_zeros(b, width + r)  # [B, Lp + R]
+    for row, n in enumerate(lengths):
+        full_ids[row, width - n:width] = ids[row, :n]
+        full_types[row, width - n:width] = types[row, :n]
+        full_mask[row, width - n:width] = 1
+    full_ids[:, width:] = response
+    full_mask[:, width:] = response_mask.to(full_mask.dtype)
+    if batch.get("image_grid_thw") is not None:
+        positions, _ = decoder.get_rope_index(full_ids, mm_token_type_ids=full_types,
+                                              image_grid_thw=batch["image_grid_thw"], attention_mask=full_mask)
+    else:
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, B, Lp + R]
+    first = [group.tolist().index(g) for g in range(int(group.max()) + 1)]  # each group's first row
+    first_t = torch.tensor(first, device=ids.device)
+    inputs = {"input_ids": full_ids[first_t, :width - 1], "attention_mask": full_mask[first_t, :width - 1],
+              "mm_token_type_ids": full_types[first_t, :width - 1], "position_ids": positions[:, first_t, :width - 1]}
+    source = batch.get("image_source")
+    if source is not None:  # the distinct images, in the order of the groups' first rows
+        distinct = (source == torch.arange(len(source), device=source.device)).nonzero().squeeze(-1)  # [N_distinct]
+        grid = batch["image_grid_thw"]  # [N_images, 3]
+        ends = grid.prod(-1).cumsum(0).tolist()
+        starts = [0] + ends[:-1]
+        inputs["pixel_values"] = torch.cat([batch["pixel_values"][starts[i]:ends[i]] for i in distinct.tolist()])
+        inputs["image_grid_thw"] = grid[distinct]
+    cache = DynamicCache(config=decoder.config)
+    decoder(**inputs, past_key_values=cache, use_cache=True)
+    cache.reorder_cache(group)  # [G_distinct, ...] -> [B, ...], differentiable
+    out = decoder(input_ids=full_ids[:, width - 1:width + r - 1], attention_mask=full_mask[:, :width + r - 1],
+                  position_ids=positions[:, :, width - 1:width + r - 1], past_key_values=cache, use_cache=True)
+    return out.last_hidden_state  # [B, R, H]: position t predicts response token t
+
+
 def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_size: int = 512,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      with_entropy: bool = False, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, R] fp32 of ``batch["response_ids"]`` (and their entropy [B, R] if asked).
 
     ``batch`` comes from ``rlvr.rollout.collate_sequences``; padded response slots hold
@@ -212,13 +294,19 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
     ``rlvr.validate`` estimates) is the same for both implementations. The fused path only
     projects real response tokens (rows where ``response_mask`` is set), so padding costs
     no head compute; its padded slots come back as 0.
+
+    ``share_prompts``: rows of the same prompt (``batch["prompt_group"]``) compute the
+    prompt, images included, once (``_shared_prompt_hidden``) where the model allows it.
     """
     decoder, head = decoder_and_head(model)
-    # Rows of one prompt share its images: the vision tower encodes each once (shared_image_features).
-    with shared_image_features(decoder, batch.get("image_source")):
-        hidden = decoder(**forward_inputs(batch), use_cache=False).last_hidden_state  # [B, L, H]
-    positions = batch["logit_positions"]  # [B, R]
-    hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
+    if share_prompts and _can_share_prompts(decoder, batch):
+        hidden = _shared_prompt_hidden(decoder, batch)  # [B, R, H]
+    else:
+        # Rows of one prompt share its images: the vision tower encodes each once (shared_image_features).
+        with shared_image_features(decoder, batch.get("image_source")):
+            hidden = decoder(**forward_inputs(batch), use_cache=False).last_hidden_state  # [B, L, H]
+        positions = batch["logit_positions"]  # [B, R]
+        hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
     targets = batch["response_ids"]  # [B, R]
     if not _fusable(head):
         logprobs, entropy = _checkpointed_logprobs(head, hidden, targets, temperature, chunk_size)

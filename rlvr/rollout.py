@@ -83,6 +83,12 @@ def _image_source(prompts: list[PromptInputs]) -> torch.Tensor | None:
     return torch.tensor(source, dtype=torch.long) if source else None
 
 
+def _prompt_group(prompts: list[PromptInputs]) -> torch.Tensor:
+    """[B]: for each row, the index of its prompt among the batch's distinct prompts, in order of first use."""
+    groups: dict[int, int] = {}
+    return torch.tensor([groups.setdefault(id(p), len(groups)) for p in prompts], dtype=torch.long)
+
+
 def collate_prompts(prompts: list[PromptInputs], pad_id: int) -> dict[str, torch.Tensor | None]:
     """Left-padded generation batch."""
     width = max(len(p.input_ids) for p in prompts)
@@ -102,8 +108,9 @@ def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor]
 
     Adds ``response_ids`` [B, R] and ``response_mask`` [B, R] (right-padded),
     ``logit_positions`` [B, R]: the sequence index whose output predicts response token t,
-    i.e. ``prompt_len - 1 + t``, and ``image_source`` [N_images] (``_image_source``; rows
-    holding the same ``PromptInputs`` object share its images).
+    i.e. ``prompt_len - 1 + t``, ``image_source`` [N_images] and ``prompt_group`` [B]
+    (``_image_source``, ``_prompt_group``: rows holding the same ``PromptInputs`` object
+    share its prompt and images, which ``rlvr.logprobs`` computes once).
     """
     b = len(prompts)
     width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
@@ -126,7 +133,7 @@ def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor]
         logit_positions[i] = (n - 1 + torch.arange(r_width)).clamp(max=n + m - 1)
     return {
         "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
-        **_cat_vision(prompts), "image_source": _image_source(prompts),
+        **_cat_vision(prompts), "image_source": _image_source(prompts), "prompt_group": _prompt_group(prompts),
         "response_ids": response_ids, "response_mask": response_mask, "logit_positions": logit_positions,
     }
 

@@ -134,3 +134,37 @@ def test_training_forward_encodes_each_image_once_with_the_same_gradients(setup)
     assert g_shared.keys() == g_plain.keys() and any(".visual." in n or n.startswith("model.visual") for n in g_plain)
     for name in g_plain:
         assert torch.allclose(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_response_logprobs_compute_each_prompt_once_with_the_same_results(setup, grad):
+    from rlvr.logprobs import _can_share_prompts, response_logprobs
+    from rlvr.models import decoder_and_head
+
+    processor, model, prompts = setup
+    pad = processor.tokenizer.pad_token_id
+    rows = [0, 3, 0, 1, 3, 0, 2, 1]  # prompts repeated, out of order, a text-only prompt twice
+    responses = [torch.tensor([40, 41, 42, 43, 44, 45][: 1 + k % 6]) for k in range(len(rows))]
+    batch = collate_sequences([prompts[i] for i in rows], responses, pad)
+    assert batch["prompt_group"].tolist() == [0, 1, 0, 2, 1, 0, 3, 2]
+    family = model.config.model_type
+    assert _can_share_prompts(decoder_and_head(model)[0], batch) == (family != "qwen3_5")
+
+    def run(share):
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(grad):
+            lp, ent = response_logprobs(model, batch, temperature=0.9, with_entropy=True, share_prompts=share)
+            if grad:
+                ((lp * batch["response_mask"]).sum(1) * torch.linspace(-1, 1, len(rows))).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return lp.detach(), ent, grads
+
+    n_shared, (lp_s, ent_s, g_s) = _images_encoded(model, lambda: run(True))
+    n_plain, (lp_p, ent_p, g_p) = _images_encoded(model, lambda: run(False))
+    mask = batch["response_mask"].bool()
+    assert (n_shared, n_plain) == (6, 6)  # both encode each distinct image once
+    assert torch.allclose(lp_s[mask], lp_p[mask], atol=2e-5), (lp_s - lp_p).abs().max()
+    assert torch.allclose(ent_s[mask], ent_p[mask], atol=2e-5)
+    assert g_s.keys() == g_p.keys()
+    for name in g_p:
+        assert torch.allclose(g_s[name], g_p[name], atol=1e-5, rtol=1e-4), name
