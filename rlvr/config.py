@@ -138,6 +138,13 @@ class TrainerConfig:
     prompts_per_step: int = 8  # prompts per rollout batch (sequences = prompts * group_size)
     num_minibatches: int = 1  # optimizer steps per rollout batch
     micro_batch_size: int = 8  # sequences per forward/backward
+    # Token budget per forward/backward instead of a fixed count; None = micro_batch_size.
+    # Cost of a micro-batch: sequences x its longest sequence (prompt with image placeholders
+    # + response) + the vision-tower patches of its prompts' images, each prompt's once (its
+    # samples share them). Samples are packed longest first; one over the budget by itself
+    # runs alone (their share: metric batch/over_budget). The gradient is the same either
+    # way: only memory and speed change. micro_batch_size is then unused.
+    micro_batch_tokens: int | None = None
     lr: float = 1e-6  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
@@ -594,6 +601,9 @@ def validate(cfg: Config) -> None:
     for key, n in (("trainer.prompts_per_step", t.prompts_per_step), ("trainer.num_minibatches", t.num_minibatches),
                    ("trainer.micro_batch_size", t.micro_batch_size)):
         check(n >= 1, f"{key}={n} must be >= 1.")
+    check(t.micro_batch_tokens is None or t.micro_batch_tokens >= 1,
+          f"trainer.micro_batch_tokens={t.micro_batch_tokens} must be a positive number of tokens per micro-batch "
+          "(text rows padded to the longest + vision patches), e.g. 16384, or null to use trainer.micro_batch_size.")
     batch = t.prompts_per_step * r.group_size  # sequences per rollout batch
     if min(t.prompts_per_step, t.num_minibatches, t.micro_batch_size, r.group_size) >= 1:
         if batch % t.num_minibatches:
@@ -601,7 +611,7 @@ def validate(cfg: Config) -> None:
                   f"trainer.prompts_per_step * rollout.group_size = {t.prompts_per_step} * {r.group_size} = {batch} "
                   "sequences, so minibatches would be uneven. Use a divisor of "
                   f"{batch}, e.g. trainer.num_minibatches in {_divisors_near(batch, t.num_minibatches)}.")
-        elif (mini := batch // t.num_minibatches) % t.micro_batch_size:
+        elif t.micro_batch_tokens is None and (mini := batch // t.num_minibatches) % t.micro_batch_size:
             check(False, f"trainer.micro_batch_size={t.micro_batch_size} does not divide each minibatch of "
                   f"{batch} / {t.num_minibatches} = {mini} sequences, so gradient accumulation would be uneven. "
                   f"Use a divisor of {mini}, e.g. trainer.micro_batch_size in {_divisors_near(mini, t.micro_batch_size)}.")

@@ -68,19 +68,29 @@ def reward_columns(examples) -> dict[str, list]:
     return columns
 
 
-def accumulation_steps(cfg: Config, world: int) -> int:
-    """Micro-batches per optimizer step on each rank; raises if the batch does not split evenly."""
+def micro_batching(cfg: Config, world: int) -> tuple[int, int]:
+    """(sequences per micro-batch, micro-batches per optimizer step) on each rank, for DeepSpeed's config.
+
+    Raises if the batch does not split evenly. With ``trainer.micro_batch_tokens`` the count
+    varies from minibatch to minibatch, so DeepSpeed is told (1, sequences per minibatch): the
+    right number of samples per optimizer step. Nothing depends on the count it holds:
+    ``rlvr.update`` sets accelerate's accumulation steps per minibatch and scales the loss itself.
+    """
     t, g = cfg.trainer, cfg.rollout.group_size
     if t.prompts_per_step % world:
         raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} does not divide among {world} processes; "
                          f"use a multiple of {world} so every rank gets the same number of prompts")
     local = t.prompts_per_step // world * g  # sequences per rank per step
-    if local % (t.num_minibatches * t.micro_batch_size):
-        raise ValueError(
-            f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} sequences "
-            f"per step, which trainer.num_minibatches={t.num_minibatches} x trainer.micro_batch_size="
-            f"{t.micro_batch_size} does not divide; pick a micro_batch_size that divides {local // t.num_minibatches}")
-    return local // t.num_minibatches // t.micro_batch_size
+    size = 1 if t.micro_batch_tokens is not None else t.micro_batch_size
+    if local % (t.num_minibatches * size):
+        what = f"trainer.num_minibatches={t.num_minibatches}"
+        fix = f"pick a num_minibatches that divides {local}"
+        if size > 1:
+            what += f" x trainer.micro_batch_size={size}"
+            fix = f"pick a micro_batch_size that divides {local // t.num_minibatches}"
+        raise ValueError(f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} "
+                         f"sequences per step, which {what} does not divide; {fix}")
+    return size, local // t.num_minibatches // size
 
 
 def _hidden_size(name_or_path: str, trust_remote_code: bool) -> int:
@@ -103,10 +113,9 @@ class Trainer:
         mixed = "bf16" if m.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = acc = make_accelerator(t.collective_timeout_s, mixed)
         resume_from = self._resume_decision()
-        gas = accumulation_steps(cfg, acc.num_processes)
-        acc.gradient_accumulation_steps = gas
-        configure_deepspeed(acc, t.micro_batch_size, gas, t.max_grad_norm,
-                            _hidden_size(m.name_or_path, m.trust_remote_code))
+        micro, gas = micro_batching(cfg, acc.num_processes)
+        acc.gradient_accumulation_steps = gas  # as in the DeepSpeed config; rlvr.update sets it per minibatch
+        configure_deepspeed(acc, micro, gas, t.max_grad_norm, _hidden_size(m.name_or_path, m.trust_remote_code))
         set_seed(t.seed, device_specific=True)
         if acc.is_main_process:
             os.makedirs(cfg.output_dir, exist_ok=True)

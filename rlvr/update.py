@@ -12,6 +12,11 @@ several minibatches they are computed once, before the first optimizer step.
 The model accelerate prepares is ``PolicyLogprobs``: the policy behind a forward that
 returns response log-probs. Every training forward goes through accelerate's wrapper
 (DDP's gradient synchronisation, DeepSpeed's engine) rather than around it.
+
+Micro-batches: ``trainer.micro_batch_size`` sequences each, or, with
+``trainer.micro_batch_tokens``, as many as fit a budget of text plus vision tokens
+(``rlvr.packing``). Their number may then differ between minibatches and ranks; ranks agree
+on the largest, and each minibatch sets accelerate's accumulation steps to its own count.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from collections import defaultdict
 import torch
 
 from rlvr.config import Config
+from rlvr.distributed import is_deepspeed
 from rlvr.logprobs import response_logprobs
 from rlvr.lora import inner_model, reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
+from rlvr.packing import pack_by_tokens, sample_costs, split_to_count
 from rlvr.rollout import PromptInputs, Response, collate_sequences
 
 
@@ -123,16 +130,68 @@ class PolicyUpdate:
         t = torch.tensor(float(local), device=self.accelerator.device)
         return (self.accelerator.reduce(t, reduction="sum") / self.accelerator.num_processes).item()
 
+    def _max_over_ranks(self, counts: list[int]) -> list[int]:
+        """Element-wise maximum of ``counts`` over ranks, on every rank (one collective)."""
+        if self.accelerator.num_processes == 1:
+            return counts
+        t = torch.tensor(counts, dtype=torch.long, device=self.accelerator.device)  # [num_minibatches]
+        return self.accelerator.reduce(t, reduction="max").tolist()
+
+    def _micro_batches(self, prompts: list[PromptInputs], responses: list[Response],
+                       minibatches: list[list[int]]) -> tuple[list[list[list[int]]], dict[str, float]]:
+        """Each minibatch's micro-batches (lists of sample indices), and the packing metrics.
+
+        Every rank gets the same number of micro-batches per minibatch: DDP's gradient
+        reduction and DeepSpeed's ZeRO collectives run once per backward (ZeRO-3: per
+        forward), so a rank with one pass fewer would leave the others waiting forever.
+        """
+        t = self.cfg.trainer
+        if t.micro_batch_tokens is None:  # the same count on every rank by construction
+            size = t.micro_batch_size
+            return [[mb[i:i + size] for i in range(0, len(mb), size)] for mb in minibatches], {}
+        costs = sample_costs(prompts, responses)
+        packed, over = zip(*(pack_by_tokens(mb, costs, t.micro_batch_tokens) for mb in minibatches))
+        counts = self._max_over_ranks([len(m) for m in packed])
+        micro = [split_to_count(m, k, costs) for m, k in zip(packed, counts)]
+        return micro, {
+            "batch/micro_batches": sum(counts) / len(counts),  # per optimizer step, the same on every rank
+            # Splits made only to match a rank that packed more: the ranks' loads differ.
+            "batch/rank_splits": sum(k - len(m) for m, k in zip(packed, counts)) / len(counts),
+            # Share of the sequences over the budget by themselves (each ran alone); a share, not
+            # a count, so the mean over ranks is the share of the whole step.
+            "batch/over_budget": sum(over) / len(responses),
+        }
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of a micro-batch loss that is already divided by minibatch-wide counts.
+
+        accelerate divides by its ``gradient_accumulation_steps`` (the current minibatch's
+        micro-batch count), so the loss is multiplied by it first. Under DeepSpeed accelerate
+        leaves the loss alone and the engine would divide by the accumulation steps in its
+        config, which is fixed at ``prepare`` while the count varies: ``scale_wrt_gas=False``
+        turns that division off.
+        """
+        acc = self.accelerator
+        if is_deepspeed(acc):
+            acc.backward(loss, scale_wrt_gas=False)
+        else:
+            acc.backward(loss * acc.gradient_accumulation_steps)
+
     def run(self, prompts: list[PromptInputs], responses: list[Response], advantages: torch.Tensor,
             step: int) -> dict[str, float]:
-        """Update the policy on one rollout batch; returns step metrics (floats)."""
+        """Update the policy on one rollout batch; returns step metrics (floats).
+
+        ``prompts[i]`` is the prompt of ``responses[i]``. Per-sample results (old and reference
+        log-probs) are stored by sample index, so any grouping into micro-batches gives them back
+        in the original order.
+        """
         cfg, acc = self.cfg.trainer, self.accelerator
         n = len(responses)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)).tolist()
         mb_size = n // cfg.num_minibatches
         minibatches = [order[i:i + mb_size] for i in range(0, n, mb_size)]
-        chunk = lambda idx: [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]  # noqa: E731
-        all_micro = [m for mb in minibatches for m in chunk(mb)]
+        micro_per_mb, packing_metrics = self._micro_batches(prompts, responses, minibatches)
+        all_micro = [m for micro in micro_per_mb for m in micro]
 
         self.model.train()
         old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
@@ -141,10 +200,12 @@ class PolicyUpdate:
         sums: dict[str, float] = defaultdict(float)
         maxes: dict[str, float] = defaultdict(lambda: float("-inf"))
         diffs: list[torch.Tensor] = []
-        for mb in minibatches:
+        for mb, micro in zip(minibatches, micro_per_mb):
             seqs = self._global(len(mb))
             tokens = self._global(sum(len(responses[i].token_ids) for i in mb))
-            micro = chunk(mb)
+            # sync_gradients turns true on exactly the last micro-batch of this minibatch.
+            acc.gradient_accumulation_steps = len(micro)
+            acc.step = 0
             for idx in micro:
                 with acc.accumulate(self.model):
                     batch = self._batch(prompts, responses, idx)
@@ -160,8 +221,7 @@ class PolicyUpdate:
                         ref_logprobs=ref_lp, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
                         **self.loss_kwargs,
                     )
-                    # accelerate divides by its accumulation steps; our divisor is already global.
-                    acc.backward(loss * acc.gradient_accumulation_steps)
+                    self._backward(loss)
                     weight = len(idx) / len(mb) / len(minibatches)
                     sums["loss"] += loss.item() / len(minibatches)  # micro losses sum to the minibatch loss
                     for k, v in metrics.items():
@@ -184,4 +244,4 @@ class PolicyUpdate:
         sums["rollout/logprob_diff_mean"] = diff.mean().item()
         sums["rollout/logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
         sums["rollout/logprob_diff_frac_1e-3"] = (diff > 1e-3).float().mean().item()
-        return {**sums, **maxes}
+        return {**sums, **maxes, **packing_metrics}

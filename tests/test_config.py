@@ -280,6 +280,7 @@ def test_valid_config_passes():
     (["trainer.adam_betas=[0.9]"], "trainer.adam_betas"),
     (["trainer.prompts_per_step=0"], "trainer.prompts_per_step"),
     (["checkpoint.every_steps=-1"], "checkpoint.every_steps"),
+    (["trainer.micro_batch_tokens=0"], "trainer.micro_batch_tokens"),
 ])
 def test_validate_rule(overrides, field_name):
     cfg = load_config(None, VALID + overrides)
@@ -297,6 +298,8 @@ def test_validate_batch_messages_say_the_numbers():
         validate(load_config(None, VALID + ["trainer.num_minibatches=2", "trainer.micro_batch_size=5"]))
     assert "64 / 2 = 32 sequences" in str(e.value) and "[1, 2, 4, 8, 16]" in str(e.value)
     validate(load_config(None, VALID + ["trainer.num_minibatches=4", "trainer.micro_batch_size=16"]))
+    # A token budget replaces micro_batch_size, so its divisibility no longer matters.
+    validate(load_config(None, VALID + ["trainer.micro_batch_size=5", "trainer.micro_batch_tokens=16384"]))
 
 
 def test_validate_collects_all_problems():

@@ -71,6 +71,31 @@ def test_two_processes_match_one(config, single, qwen25_dir, data, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
+def test_token_budget_micro_batches_agree_across_ranks(single, qwen25_dir, data, tmp_path):
+    """trainer.micro_batch_tokens under ZeRO-3 (every forward a collective): a rank with images packs
+    more micro-batches than a text-only one, the ranks agree on the larger count, nothing hangs,
+    and the run still follows the single-process, fixed-count trajectory.
+
+    Budget 150: an image sample costs about 55 tokens + 64 patches (one of them 65 + 100, over
+    the budget by itself), a text-only one about 25; so images run one per micro-batch, text six."""
+    out = str(tmp_path / "run")
+    # shared_prefill=false: with it, a text-only rank's prefill reuses the rope_deltas that the last
+    # training micro-batch left on the model, and a 1-row micro-batch makes its index_select fail.
+    args = train_args(qwen25_dir, data, out, *KL, "trainer.micro_batch_tokens=150", "rollout.shared_prefill=false")
+    result = run(args, config="zero3", processes=2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    got = rows(f"{out}/metrics.jsonl")
+    worst = assert_same_trajectory(rows(f"{single}/metrics.jsonl"), got)
+    print(f"zero3 + micro_batch_tokens vs one process, largest difference: {describe(worst)}")
+    assert max(r["batch/rank_splits"] for r in got) > 0  # some step's ranks packed different counts
+    assert max(r["batch/over_budget"] for r in got) > 0
+    assert max(r["batch/micro_batches"] for r in got) > 2  # more than the fixed count of 8 / 4
+    from safetensors.torch import load_file
+
+    a, b = load_file(f"{single}/final/model.safetensors"), load_file(f"{out}/final/model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
 LORA = ("model.lora.rank=4", "model.freeze_vision_tower=true", "model.gradient_checkpointing=true",
         "algorithm.kl_coef=0.1", "rollout.zero3_gather_weights=false")
 

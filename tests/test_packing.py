@@ -1,0 +1,234 @@
+"""Token-budget micro-batches: the packing rules, and that packing never changes the update.
+
+The loss divides by minibatch-wide counts, so one sample per micro-batch, uneven micro-batches
+from a token budget, and a fixed count per micro-batch must give the same loss, the same
+gradients and the same weights after the optimizer steps (fp32, up to summation order).
+"""
+
+import random
+
+import pytest
+import torch
+
+from rlvr.config import Config
+from rlvr.models import load_model, load_processor
+from rlvr.packing import SampleCosts, micro_batch_cost, pack_by_tokens, sample_costs, split_to_count
+from rlvr.rollout import PromptInputs, Response
+from rlvr.update import PolicyLogprobs, PolicyUpdate
+from tests.test_logprobs import _prompt
+
+# ---------------------------------------------------------------- the pure functions
+
+# Five samples, each its own prompt; sample 1 has the longest sequence, samples 1 and 3 have images.
+COSTS = SampleCosts(lengths=[3, 9, 5, 5, 2], patches=[0, 4, 0, 10, 0], images=[0, 1, 2, 3, 4])
+
+
+def _costs(lengths, patches=None, images=None) -> SampleCosts:
+    n = len(lengths)
+    return SampleCosts(list(lengths), list(patches or [0] * n), list(images or range(n)))
+
+
+def test_sample_costs_count_prompt_response_and_every_image_patch():
+    image = PromptInputs(torch.arange(7), torch.zeros(7, dtype=torch.long), torch.zeros(28, 4),
+                         torch.tensor([[1, 4, 6], [1, 2, 2]]))  # two images: 24 + 4 patches
+    text = PromptInputs(torch.arange(5), torch.zeros(5, dtype=torch.long), None, None)
+    responses = [Response(0, torch.arange(n), torch.zeros(n), True) for n in (3, 1, 2)]
+    # Samples 0 and 2 answer the same prompt object: they share its images.
+    assert sample_costs([image, text, image], responses) == SampleCosts([7 + 3, 5 + 1, 7 + 2], [28, 0, 28], [0, 1, 0])
+
+
+def test_micro_batch_cost_is_rows_times_longest_plus_each_prompts_patches_once():
+    assert micro_batch_cost([1], COSTS) == 9 + 4
+    assert micro_batch_cost([0, 4], COSTS) == 2 * 3 + 0
+    assert micro_batch_cost([0, 1, 3], COSTS) == 3 * 9 + 4 + 10
+    assert micro_batch_cost([], COSTS) == 0
+    shared = _costs([9, 7, 5], [10, 10, 0], [0, 0, 2])  # samples 0 and 1: one prompt, one image
+    assert micro_batch_cost([0, 1, 2], shared) == 3 * 9 + 10
+
+
+def test_pack_longest_first_greedy_within_budget():
+    # Longest first: 1 (9), 2 (5), 3 (5, after 2: ties keep their order), 0 (3), 4 (2).
+    # [1] = 13; + 2 would be 2 * 9 + 4 = 22 > 20. [2, 3] = 2 * 5 + 10 = 20, exactly the budget;
+    # + 0 would be 25. [0, 4] = 2 * 3 = 6.
+    micro, over = pack_by_tokens([0, 1, 2, 3, 4], COSTS, budget=20)
+    assert micro == [[1], [2, 3], [0, 4]] and over == 0
+    # The order in the minibatch decides ties only.
+    assert pack_by_tokens([4, 3, 2, 1, 0], COSTS, budget=20)[0] == [[1], [3, 2], [0, 4]]
+    # A subset (one minibatch) is packed on its own.
+    assert pack_by_tokens([3, 0], COSTS, budget=20) == ([[3, 0]], 0)
+    # Everything fits: one micro-batch.
+    assert pack_by_tokens([0, 1, 2, 3, 4], COSTS, budget=5 * 9 + 14) == ([[1, 2, 3, 0, 4]], 0)
+    # A second sample of a prompt adds its row, not its images again: 2 * 8 + 10 = 26.
+    assert pack_by_tokens([0, 1], _costs([8, 8], [10, 10], [0, 0]), budget=26)[0] == [[0, 1]]
+    assert pack_by_tokens([0, 1], _costs([8, 8], [10, 10], [0, 1]), budget=26)[0] == [[0], [1]]
+
+
+def test_a_sample_over_budget_runs_alone_and_is_counted():
+    micro, over = pack_by_tokens([0, 1, 2], _costs([30, 4, 4]), budget=10)
+    assert micro == [[0], [1, 2]] and over == 1
+    micro, over = pack_by_tokens([0, 1, 2, 3, 4], COSTS, budget=1)
+    assert micro == [[1], [2], [3], [0], [4]] and over == 5
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        pack_by_tokens([0], COSTS, budget=0)
+
+
+def test_split_to_count_splits_the_costliest_until_the_count_matches():
+    micro = [[1], [2, 3], [0, 4]]  # costs 13, 20, 6
+    assert split_to_count(micro, 3, COSTS) == micro
+    assert split_to_count(micro, 4, COSTS) == [[1], [2], [3], [0, 4]]
+    # Now [3] (15) is the costliest but cannot be split: [0, 4] is.
+    assert split_to_count(micro, 5, COSTS) == [[1], [2], [3], [0], [4]]
+    # The cut makes the larger half as cheap as possible: [9, 8] then [1, 1, 1, 1] (cost 4 * 9 = 36
+    # vs 2 * 9 + 4 * 8 = 50 for an even split).
+    assert split_to_count([[0, 1, 2, 3, 4, 5]], 2, _costs([9, 8, 1, 1, 1, 1])) == [[0, 1], [2, 3, 4, 5]]
+    for bad in (2, 6):
+        with pytest.raises(ValueError, match="must be between 3 and 5"):
+            split_to_count(micro, bad, COSTS)
+
+
+def test_packing_keeps_every_sample_once_and_the_budget_on_random_batches():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 24)
+        group = rng.choice([1, 2, 4])  # samples per prompt, adjacent like a rollout batch
+        images = [i - i % group for i in range(n)]
+        patches = [0] * n
+        for i in range(n):
+            patches[i] = patches[images[i]] if images[i] != i else rng.choice([0, 0, 64, 256, 1024])
+        costs = SampleCosts([rng.randint(1, 300) for _ in range(n)], patches, images)
+        budget = rng.randint(50, 4000)
+        indices = rng.sample(range(n), n)
+        micro, over = pack_by_tokens(indices, costs, budget)
+        assert sorted(i for m in micro for i in m) == list(range(n))
+        assert all(micro_batch_cost(m, costs) <= budget for m in micro if len(m) > 1)
+        assert over == sum(len(m) == 1 and micro_batch_cost(m, costs) > budget for m in micro)
+        flat = [i for m in micro for i in m]
+        assert [costs.lengths[i] for i in flat] == sorted((costs.lengths[i] for i in flat), reverse=True)
+        count = rng.randint(len(micro), n)
+        split = split_to_count(micro, count, costs)
+        assert len(split) == count and all(split) and [i for m in split for i in m] == flat
+
+
+def test_deepspeed_is_told_one_sample_per_micro_batch_under_a_token_budget():
+    from rlvr.trainer import micro_batching
+
+    cfg = Config()
+    cfg.trainer.prompts_per_step, cfg.rollout.group_size, cfg.trainer.micro_batch_size = 4, 4, 4
+    assert micro_batching(cfg, world=2) == (4, 2)  # 8 sequences per rank: 2 micro-batches of 4
+    cfg.trainer.micro_batch_tokens = 4096
+    assert micro_batching(cfg, world=2) == (1, 8)  # the same 8 samples per optimizer step
+    cfg.trainer.num_minibatches = 3
+    with pytest.raises(ValueError, match="num_minibatches=3 does not divide; pick a num_minibatches that divides 8"):
+        micro_batching(cfg, world=2)
+
+
+# ---------------------------------------------------------------- the update does not depend on packing
+
+
+class RecordingSGD(torch.optim.SGD):
+    """Plain SGD that keeps the gradient of every step, and accelerate's accumulation counters then."""
+
+    def __init__(self, params, accelerator):
+        super().__init__(params, lr=0.05)
+        self.accelerator, self.grads, self.counters = accelerator, [], []
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        self.counters.append((self.accelerator.step, self.accelerator.gradient_accumulation_steps))
+        return super().step(closure)
+
+
+@pytest.fixture(scope="module")
+def rollout(qwen25_dir):
+    """4 prompts x 2 responses: prompts of different lengths with 0, 1 or 2 images, responses of 2 to 9 tokens."""
+    processor = load_processor(qwen25_dir)
+    prompts = [_prompt(processor, "q" * (1 + 9 * i), [(56 + 28 * (i % 3), 56)] * (i % 3)) for i in range(4)]
+    g = torch.Generator().manual_seed(3)
+    responses = []
+    for i in range(8):
+        n = 2 + (5 * i) % 8
+        responses.append(Response(i // 2, torch.randint(10, 300, (n,), generator=g),
+                                  -torch.rand(n, generator=g), True))
+    advantages = torch.randn(8, generator=g)
+    return processor, [prompts[r.prompt_index] for r in responses], responses, advantages
+
+
+def _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=8, micro_batch_tokens=None, agree=None):
+    """One PolicyUpdate.run from the same weights; returns (metrics, optimizer, micro-batches run, model)."""
+    from accelerate import Accelerator
+
+    processor, prompts, responses, advantages = rollout
+    cfg = Config()
+    cfg.trainer.prompts_per_step, cfg.rollout.group_size = 4, 2
+    cfg.trainer.num_minibatches, cfg.trainer.micro_batch_size = num_minibatches, micro_batch_size
+    cfg.trainer.micro_batch_tokens, cfg.trainer.logprob_chunk_size = micro_batch_tokens, 4
+    cfg.algorithm.kl_coef = 0.05  # the reference's precomputed log-probs must come back in order too
+    acc = Accelerator(cpu=True)
+    policy = load_model(qwen25_dir, dtype="float32")
+    reference = load_model(qwen25_dir, dtype="float32").requires_grad_(False).eval()
+    optimizer = RecordingSGD([p for p in policy.parameters() if p.requires_grad], acc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, prepared = acc.prepare(PolicyLogprobs(policy), optimizer)
+    update = PolicyUpdate(cfg, acc, model, prepared, scheduler, processor.tokenizer.pad_token_id, reference)
+    if agree is not None:  # another rank packed more micro-batches
+        update._max_over_ranks = agree
+    seen: list[list[int]] = []
+    batch = update._batch
+    update._batch = lambda p, r, idx: (seen.append(list(idx)), batch(p, r, idx))[1]
+    metrics = update.run(prompts, responses, advantages, step=0)
+    return metrics, optimizer, seen, policy
+
+
+def _assert_same_update(expected, got):
+    (m1, opt1, _, policy1), (m2, opt2, _, policy2) = expected, got
+    for key in ("loss", "kl", "grad_norm"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    assert len(opt1.grads) == len(opt2.grads)
+    for step, (g1, g2) in enumerate(zip(opt1.grads, opt2.grads)):
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-4, msg=f"optimizer step {step}")
+    for (name, a), b in zip(policy1.named_parameters(), policy2.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("num_minibatches", [1, 2])
+def test_one_per_micro_batch_token_budget_and_fixed_count_give_the_same_update(qwen25_dir, rollout,
+                                                                               num_minibatches):
+    _, prompts, responses, _ = rollout
+    costs = sample_costs(prompts, responses)
+    largest = max(micro_batch_cost([i], costs) for i in range(8))
+    per_mb = 8 // num_minibatches
+
+    fixed = _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=per_mb // 2)
+    one_each = _update(qwen25_dir, rollout, num_minibatches, micro_batch_tokens=1)  # every sample over budget
+    # Room for the largest sample alone, or two small ones: micro-batches of different sizes.
+    budget = _update(qwen25_dir, rollout, num_minibatches, micro_batch_tokens=largest)
+
+    forwards = 1 + (num_minibatches > 1)  # reference log-probs, then old log-probs with 2 minibatches
+    assert [len(m) for m in one_each[2]] == [1] * 8 * (forwards + 1)
+    assert one_each[0]["batch/over_budget"] == 1.0 and one_each[0]["batch/micro_batches"] == per_mb
+    training = budget[2][-sum(k for _, k in budget[1].counters):]  # after the precomputing forwards
+    assert len({len(m) for m in training}) > 1, f"micro-batches of equal size {training}: pick another budget"
+    assert budget[0]["batch/over_budget"] == 0.0
+    assert all(micro_batch_cost(m, costs) <= largest for m in training)
+    for run in (fixed, one_each, budget):
+        # One optimizer step per minibatch, on its last micro-batch: accelerate counted to k.
+        assert len(run[1].grads) == num_minibatches
+        assert all(step == k for step, k in run[1].counters)
+    _assert_same_update(fixed, one_each)
+    _assert_same_update(fixed, budget)
+
+
+def test_extra_splits_to_match_another_rank_change_nothing(qwen25_dir, rollout):
+    """A rank that packed fewer micro-batches than another splits its own; the update is the same."""
+    _, prompts, responses, _ = rollout
+    budget = micro_batch_cost(range(8), sample_costs(prompts, responses))  # everything fits one micro-batch
+    alone = _update(qwen25_dir, rollout, 2, micro_batch_tokens=budget)
+    assert alone[0]["batch/micro_batches"] == 1 and alone[0]["batch/rank_splits"] == 0
+    split = _update(qwen25_dir, rollout, 2, micro_batch_tokens=budget, agree=lambda counts: [3, 4])
+    assert split[0]["batch/micro_batches"] == 3.5 and split[0]["batch/rank_splits"] == 2.5
+    assert [k for _, k in split[1].counters] == [3, 4]
+    training = split[2][-7:]
+    assert sum(len(m) for m in training[:3]) == 4 and [len(m) for m in training[3:]] == [1, 1, 1, 1]
+    _assert_same_update(alone, split)
