@@ -215,16 +215,25 @@ def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_i
 
     batch = collate_prompts(prompts, pad_id)
     batch = {k: v.to(device) for k, v in batch.items() if v is not None}
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]  # [P, L]
+    decoder = model.model
+    # Positions and offsets computed here, never left to the model: with no image in the
+    # batch it would neither recompute nor clear the offsets of its previous call.
+    if batch.get("image_grid_thw") is not None:
+        positions, deltas = decoder.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=batch["image_grid_thw"],
+                                                   attention_mask=mask)  # [3, P, L], [P, 1]
+    else:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, P, L]
+        deltas = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)  # [P, 1]
     cache = DynamicCache(config=model.config)
-    model(input_ids=batch["input_ids"][:, :-1], attention_mask=batch["attention_mask"][:, :-1],
-          mm_token_type_ids=batch["mm_token_type_ids"][:, :-1], pixel_values=batch.get("pixel_values"),
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=types[:, :-1],
+          position_ids=positions[:, :, :-1], pixel_values=batch.get("pixel_values"),
           image_grid_thw=batch.get("image_grid_thw"), past_key_values=cache, use_cache=True, logits_to_keep=1)
     expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                      torch.tensor(copies, device=device))  # [b]: row -> its prompt
     cache.reorder_cache(expand)  # index_select along the batch axis of every layer's state
-    decoder = model.model
-    if getattr(decoder, "rope_deltas", None) is not None:
-        decoder.rope_deltas = decoder.rope_deltas.index_select(0, expand.to(decoder.rope_deltas.device))  # [b, 1]
+    # generate places each new token at its text position + this offset
+    decoder.rope_deltas = deltas.to(device).index_select(0, expand)  # [b, 1]
     return {
         "input_ids": batch["input_ids"].index_select(0, expand),  # [b, P]
         "attention_mask": batch["attention_mask"].index_select(0, expand),  # [b, P]

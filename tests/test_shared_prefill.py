@@ -168,3 +168,18 @@ def test_response_logprobs_compute_each_prompt_once_with_the_same_results(setup,
     assert g_s.keys() == g_p.keys()
     for name in g_p:
         assert torch.allclose(g_s[name], g_p[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_text_only_prefill_ignores_offsets_left_on_the_model(setup):
+    """A text-only generate call after an image batch: the model keeps the old batch's M-RoPE
+    offsets (and batch size); shared prefill must neither use nor index them."""
+    processor, model, prompts = setup
+    text_only = [prompts[1], _prompt(processor, "another question without any image, longer", [])]
+    cfg = dict(group_size=3, max_new_tokens=8, micro_batch_size=6, temperature=0.9)
+    stops, pad = stop_token_ids(processor, model), processor.tokenizer.pad_token_id
+    plain = generate(model, text_only, RolloutConfig(**cfg, shared_prefill=False), stops, pad, seeds=[5, 6])
+    model.model.rope_deltas = torch.full((1, 1), 37)  # stale: one row, a large offset
+    shared = generate(model, text_only, RolloutConfig(**cfg, shared_prefill=True), stops, pad, seeds=[5, 6])
+    assert [r.token_ids.tolist() for r in shared] == [r.token_ids.tolist() for r in plain]
+    diff = max((a.logprobs - b.logprobs).abs().max().item() for a, b in zip(shared, plain))
+    assert diff < 1e-5, diff
