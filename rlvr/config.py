@@ -19,6 +19,8 @@ import yaml
 
 LOSS_NAMES = ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+# transformers attention kernels; sdpa works everywhere, flash_attention_* on CUDA with their package
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DATA_FORMATS = ("auto", "jsonl", "disk", "parquet", "hub")
 LR_SCHEDULES = ("constant", "cosine")
@@ -49,7 +51,7 @@ class LoraConfig:
 class ModelConfig:
     name_or_path: str = ""  # local folder or hub id of the policy model; required
     dtype: str = "auto"  # auto (bfloat16 if the GPU supports it, else float32) | float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"  # attention kernel passed to transformers
+    attn_implementation: str = "sdpa"  # attention kernel: sdpa | eager | flash_attention_2 | flash_attention_3
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     freeze_vision_tower: bool = False  # train only the language model, keep the vision encoder fixed
     trust_remote_code: bool = False  # allow model code from the hub repository to run
@@ -155,6 +157,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0  # gradient clipping threshold, L2 norm
     seed: int = 42  # seed for sampling, shuffling and init
     logprob_chunk_size: int = 512  # tokens per chunk when computing log-probs
+    # Rows of one prompt in a micro-batch run the prompt (and its images) once, then their
+    # responses on its KV cache; same log-probs and gradients (see README, Speed and memory).
+    shared_prompt_forward: bool = True
     # A collective that waits longer than this fails the run with an error instead of hanging
     # (a rank died or is stuck). Must exceed the slowest step between collectives.
     collective_timeout_s: int = 1800
@@ -561,6 +566,14 @@ def validate(cfg: Config) -> None:
     check(bool(m.name_or_path.strip()), "model.name_or_path is empty: there is no policy to train. "
           "Set it to a local folder or hub id, e.g. model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct.")
     one_of("model.dtype", m.dtype, DTYPES)
+    one_of("model.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
+    if m.attn_implementation.startswith("flash_attention"):
+        import importlib.util
+
+        package = "flash_attn" if m.attn_implementation == "flash_attention_2" else "flash_attn_interface"
+        check(importlib.util.find_spec(package) is not None,
+              f"model.attn_implementation={m.attn_implementation} needs the {package} package, which is not installed "
+              "(pip install flash-attn --no-build-isolation, on a CUDA machine); or use model.attn_implementation=sdpa.")
     check(bool(d.train_files) and all(f.strip() for f in d.train_files), "data.train_files is empty: training needs prompts. "
           "Set it to one file or a list, e.g. data.train_files=[train.jsonl].")
     one_of("data.format", d.format, DATA_FORMATS)

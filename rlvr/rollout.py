@@ -225,10 +225,16 @@ def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_i
     else:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, P, L]
         deltas = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)  # [P, 1]
+    # Images encoded before the model is called, as ``generate`` does: under ZeRO-3 a rank
+    # without images runs the tower on a dummy image at this same point (sync_vision_tower_calls).
+    encoded = {}
+    if batch.get("pixel_values") is not None:
+        encoded["image"] = decoder.get_image_features(pixel_values=batch["pixel_values"],
+                                                      image_grid_thw=batch["image_grid_thw"], return_dict=True)
     cache = DynamicCache(config=model.config)
     model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=types[:, :-1],
-          position_ids=positions[:, :, :-1], pixel_values=batch.get("pixel_values"),
-          image_grid_thw=batch.get("image_grid_thw"), past_key_values=cache, use_cache=True, logits_to_keep=1)
+          position_ids=positions[:, :, :-1], mm_encoder_outputs=encoded, past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
     expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                      torch.tensor(copies, device=device))  # [b]: row -> its prompt
     cache.reorder_cache(expand)  # index_select along the batch axis of every layer's state

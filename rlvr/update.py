@@ -64,9 +64,10 @@ class PolicyLogprobs(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, batch: dict, temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False):
+    def forward(self, batch: dict, temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False,
+                share_prompts: bool = True):
         return response_logprobs(inner_model(self.policy), batch, temperature=temperature, chunk_size=chunk_size,
-                                 with_entropy=with_entropy)
+                                 with_entropy=with_entropy, share_prompts=share_prompts)
 
 
 class PolicyUpdate:
@@ -87,7 +88,7 @@ class PolicyUpdate:
 
     def _logprobs(self, model, batch: dict, with_entropy: bool = False):
         kwargs = dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.trainer.logprob_chunk_size,
-                      with_entropy=with_entropy)
+                      with_entropy=with_entropy, share_prompts=self.cfg.trainer.shared_prompt_forward)
         if model is self.model:
             return model(batch, **kwargs)
         return response_logprobs(model, batch, **kwargs)
@@ -148,6 +149,10 @@ class PolicyUpdate:
         t = self.cfg.trainer
         if t.micro_batch_tokens is None:  # the same count on every rank by construction
             size = t.micro_batch_size
+            # A group's samples side by side, so they share micro-batches and the training
+            # forward computes their prompt once (rlvr.logprobs); the gradient does not change.
+            first: dict[int, int] = {}
+            minibatches = [sorted(mb, key=lambda i: first.setdefault(id(prompts[i]), i)) for mb in minibatches]
             return [[mb[i:i + size] for i in range(0, len(mb), size)] for mb in minibatches], {}
         costs = sample_costs(prompts, responses)
         packed, over = zip(*(pack_by_tokens(mb, costs, t.micro_batch_tokens) for mb in minibatches))

@@ -273,6 +273,7 @@ def test_valid_config_passes():
     (["reward.functions=[]"], "reward.functions"),
     (["checkpoint.keep_last=0"], "checkpoint.keep_last"),
     (["model.dtype=fp16"], "model.dtype"),
+    (["model.attn_implementation=flash"], "model.attn_implementation"),
     (["data.format=csv"], "data.format"),
     (["rollout.top_k=-1"], "rollout.top_k"),
     (["trainer.max_steps=0"], "trainer.max_steps"),
@@ -357,3 +358,15 @@ def test_parse_cli(argv, expected):
 def test_parse_cli_errors(argv, match):
     with pytest.raises(ConfigError, match=match):
         parse_cli(argv)
+
+
+def test_flash_attention_needs_its_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    cfg = load_config(None, VALID + ["model.attn_implementation=flash_attention_2"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the flash_attn package"):
+        validate(cfg)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    validate(cfg)

@@ -79,9 +79,7 @@ def test_token_budget_micro_batches_agree_across_ranks(single, qwen25_dir, data,
     Budget 150: an image sample costs about 55 tokens + 64 patches (one of them 65 + 100, over
     the budget by itself), a text-only one about 25; so images run one per micro-batch, text six."""
     out = str(tmp_path / "run")
-    # shared_prefill=false: with it, a text-only rank's prefill reuses the rope_deltas that the last
-    # training micro-batch left on the model, and a 1-row micro-batch makes its index_select fail.
-    args = train_args(qwen25_dir, data, out, *KL, "trainer.micro_batch_tokens=150", "rollout.shared_prefill=false")
+    args = train_args(qwen25_dir, data, out, *KL, "trainer.micro_batch_tokens=150")
     result = run(args, config="zero3", processes=2)
     assert result.returncode == 0, result.stderr[-4000:]
     got = rows(f"{out}/metrics.jsonl")
