@@ -513,8 +513,11 @@ def estimate_memory(cfg, config, num_gpus: int = 1, zero_stage: int = 0, lora_ra
     seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     kv = cfg.rollout.micro_batch_size * seq * layers * 2 * kv_heads * head_dim * act_bytes
     vocab = getattr(text, "vocab_size", 0) or 0
-    # one chunk of fp32 logits and its log-softmax, per micro-batch row
-    logits = cfg.trainer.micro_batch_size * cfg.trainer.logprob_chunk_size * vocab * 4 * 2
+    # one chunk of fp32 logits and its gradient: logprob_chunk_size positions of every micro-batch
+    # row; under a token budget a chunk holds at most the budget's tokens
+    t = cfg.trainer
+    rows = t.micro_batch_size * t.logprob_chunk_size if t.micro_batch_tokens is None else t.micro_batch_tokens
+    logits = rows * vocab * 4 * 2
     if lora:
         notes.append(f"LoRA rank {lora_rank} on the linear layers model.lora.target_modules matches: "
                      f"{_count(lora)} trainable parameters")

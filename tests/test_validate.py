@@ -193,6 +193,13 @@ def test_memory_estimate_by_hand_and_budget(qwen25_dir, data, tmp_path):
     assert 0 < lora.trainable < plain.trainable / 10
     with_ref = estimate_memory(load_config(DEMO, ["algorithm.kl_coef=0.1"]), config)
     assert with_ref.reference_gib == pytest.approx(plain.weights_gib)
+    # one fp32 chunk of logits and its gradient: 8 bytes x vocab x rows, rows = micro-batch x chunk positions,
+    # or at most the token budget
+    vocab = config.get_text_config().vocab_size
+    t = cfg.trainer
+    assert plain.logits_chunk_gib * gib == pytest.approx(8 * vocab * t.micro_batch_size * t.logprob_chunk_size)
+    budget = estimate_memory(load_config(DEMO, ["trainer.micro_batch_tokens=3000"]), config)
+    assert budget.logits_chunk_gib * gib == pytest.approx(8 * vocab * 3000)
     # against a budget
     report = run(qwen25_dir, data, tmp_path, gpu_memory_gb=0.001)
     assert any("training cannot fit" in m for m in lines(report, section="Memory per GPU (estimate)"))
