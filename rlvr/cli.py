@@ -46,7 +46,7 @@ def run_training(argv: list[str]) -> int:
         print(report.render(), file=sys.stderr)
         return 2
     from rlvr.checkpoint import ResumeError
-    from rlvr.distributed import is_collective_failure, report_stop
+    from rlvr.distributed import is_collective_failure, report_stop, shutdown_distributed
     from rlvr.trainer import Trainer
 
     try:
@@ -61,6 +61,14 @@ def run_training(argv: list[str]) -> int:
         traceback.print_exc()
         print(f"\nerror: {_collective_failure_message(cfg, e)}", file=sys.stderr, flush=True)
         os._exit(1)  # skip interpreter teardown: it can block on the broken process group
+    try:
+        return _report_end(cfg, trainer, metrics)
+    finally:
+        shutdown_distributed()
+
+
+def _report_end(cfg, trainer, metrics: dict) -> int:
+    """What the main process prints at the end of a run; the exit code (0, or 128 + signal when stopped)."""
     acc = trainer.accelerator
     out = os.path.abspath(cfg.output_dir)
     if trainer.stopped_by is not None:

@@ -136,6 +136,19 @@ def prepare_reference(accelerator, model):
     return engine
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group, if any, before the interpreter exits.
+
+    Left to interpreter teardown, gloo's threads are sometimes destroyed while joinable and
+    the process aborts ("terminate called without an active exception", exit -6) after the
+    work is done, which fails a finished run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def max_over_ranks(accelerator, value: int) -> int:
     """The largest ``value`` of any rank, on every rank (a collective)."""
     if accelerator.num_processes == 1:

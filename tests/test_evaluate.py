@@ -196,6 +196,8 @@ ev = Evaluator(cfg, processor, examples[:5], EvalConfig(k=2, seed=3), accelerato
 metrics = ev.run(model, 1)
 if acc.is_main_process:
     json.dump({"metrics": metrics, "ids": [p["id"] for p in ev.predictions]}, open(sys.argv[3], "w"))
+from rlvr.distributed import shutdown_distributed
+shutdown_distributed()  # as launch/train.py does: gloo torn down by the interpreter can abort the process
 '''
 
 
