@@ -46,7 +46,7 @@ def run_training(argv: list[str]) -> int:
         print(report.render(), file=sys.stderr)
         return 2
     from rlvr.checkpoint import ResumeError
-    from rlvr.distributed import is_collective_failure, report_stop, shutdown_distributed
+    from rlvr.distributed import is_collective_failure, shutdown_distributed
     from rlvr.trainer import Trainer
 
     try:
@@ -69,6 +69,8 @@ def run_training(argv: list[str]) -> int:
 
 def _report_end(cfg, trainer, metrics: dict) -> int:
     """What the main process prints at the end of a run; the exit code (0, or 128 + signal when stopped)."""
+    from rlvr.distributed import report_stop
+
     acc = trainer.accelerator
     out = os.path.abspath(cfg.output_dir)
     if trainer.stopped_by is not None:
