@@ -6,7 +6,6 @@ prompt lengths (fp32): the same greedy tokens, the same seeded samples with the 
 log-probs, and those log-probs equal to the training forward's.
 """
 
-import dataclasses
 
 import pytest
 import torch
