@@ -149,12 +149,14 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def max_over_ranks(accelerator, value: int) -> int:
-    """The largest ``value`` of any rank, on every rank (a collective)."""
+def max_over_ranks(accelerator, value: int | list[int]) -> int | list[int]:
+    """The largest ``value`` of any rank (element-wise for a list), on every rank (one collective)."""
     if accelerator.num_processes == 1:
         return value
-    t = torch.tensor([float(value)], device=accelerator.device)
-    return int(accelerator.reduce(t, reduction="max").item())
+    values = value if isinstance(value, list) else [value]
+    t = torch.tensor(values, dtype=torch.long, device=accelerator.device)
+    out = accelerator.reduce(t, reduction="max").tolist()
+    return out if isinstance(value, list) else out[0]
 
 
 def gather_objects(accelerator, obj) -> list:

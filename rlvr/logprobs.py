@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlvr.models import decoder_and_head, forward_inputs, shared_image_features
+from rlvr.models import decoder_and_head, forward_inputs, mrope_positions, select_images, shared_image_features
 
 # Rows per chunk for ``selective_logprobs``. The backward peak is the [V, H] fp32 weight
 # gradient plus one fp32 [rows, V] chunk (297 MiB at 512 rows, V = 151936); at 1024 rows
@@ -257,23 +257,16 @@ def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
         full_mask[row, width - n:width] = 1
     full_ids[:, width:] = response
     full_mask[:, width:] = response_mask.to(full_mask.dtype)
-    if batch.get("image_grid_thw") is not None:
-        positions, _ = decoder.get_rope_index(full_ids, mm_token_type_ids=full_types,
-                                              image_grid_thw=batch["image_grid_thw"], attention_mask=full_mask)
-    else:
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, B, Lp + R]
-    first = [group.tolist().index(g) for g in range(int(group.max()) + 1)]  # each group's first row
-    first_t = torch.tensor(first, device=ids.device)
-    inputs = {"input_ids": full_ids[first_t, :width - 1], "attention_mask": full_mask[first_t, :width - 1],
-              "mm_token_type_ids": full_types[first_t, :width - 1], "position_ids": positions[:, first_t, :width - 1]}
+    positions, _ = mrope_positions(decoder, full_ids, full_types, full_mask, batch.get("image_grid_thw"))
+    groups = group.tolist()
+    first = torch.tensor([groups.index(g) for g in range(max(groups) + 1)], device=ids.device)  # each group's first row
+    inputs = {"input_ids": full_ids[first, :width - 1], "attention_mask": full_mask[first, :width - 1],
+              "mm_token_type_ids": full_types[first, :width - 1], "position_ids": positions[:, first, :width - 1]}
     source = batch.get("image_source")
     if source is not None:  # the distinct images, in the order of the groups' first rows
-        distinct = (source == torch.arange(len(source), device=source.device)).nonzero().squeeze(-1)  # [N_distinct]
-        grid = batch["image_grid_thw"]  # [N_images, 3]
-        ends = grid.prod(-1).cumsum(0).tolist()
-        starts = [0] + ends[:-1]
-        inputs["pixel_values"] = torch.cat([batch["pixel_values"][starts[i]:ends[i]] for i in distinct.tolist()])
-        inputs["image_grid_thw"] = grid[distinct]
+        distinct = [i for i, s in enumerate(source.tolist()) if s == i]
+        inputs["pixel_values"], inputs["image_grid_thw"] = select_images(batch["pixel_values"],
+                                                                         batch["image_grid_thw"], distinct)
     cache = DynamicCache(config=decoder.config)
     decoder(**inputs, past_key_values=cache, use_cache=True)
     cache.reorder_cache(group)  # [G_distinct, ...] -> [B, ...], differentiable

@@ -329,6 +329,31 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return model.model, model.get_output_embeddings()
 
 
+def mrope_positions(decoder, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    image_grid_thw: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-D M-RoPE positions [3, B, L] and offsets [B, 1] of a (possibly left-padded) batch.
+
+    They depend on the unpadded tokens only. Computed explicitly rather than left to the
+    model, which, given no image, neither recomputes nor clears the offsets of its last call.
+    Text-only batches count positions over the attention mask, with offset 0.
+    """
+    if image_grid_thw is not None:
+        return decoder.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                                      attention_mask=attention_mask)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, B, L]
+    deltas = torch.zeros(len(input_ids), 1, dtype=torch.long, device=input_ids.device)  # [B, 1]
+    return positions, deltas
+
+
+def select_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
+                  indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch rows [N_patches', D] and grid rows [len(indices), 3] of the images ``indices``, in that order."""
+    ends = image_grid_thw.prod(-1).cumsum(0).tolist()  # patch rows of each image end here
+    starts = [0] + ends[:-1]
+    pixels = torch.cat([pixel_values[starts[i]:ends[i]] for i in indices])  # [N_patches', D]
+    return pixels, image_grid_thw[indices]
+
+
 @contextlib.contextmanager
 def shared_image_features(decoder: torch.nn.Module, image_source: torch.Tensor | None):
     """Within the block, the decoder encodes each distinct image once.
@@ -353,10 +378,7 @@ def shared_image_features(decoder: torch.nn.Module, image_source: torch.Tensor |
     def encode_distinct(pixel_values, image_grid_thw=None, **kwargs):
         if image_grid_thw is None or len(image_grid_thw) != len(source):
             return original(pixel_values, image_grid_thw, **kwargs)
-        ends = image_grid_thw.prod(-1).cumsum(0).tolist()  # patch rows of each image end here
-        starts = [0] + ends[:-1]
-        pixels = torch.cat([pixel_values[starts[i]:ends[i]] for i in distinct])  # [N_distinct_patches, D]
-        out = original(pixels, image_grid_thw[distinct], **kwargs)
+        out = original(*select_images(pixel_values, image_grid_thw, distinct), **kwargs)
         out.pooler_output = tuple(out.pooler_output[slot[i]] for i in source)  # per image [tokens_i, H]
         if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: per layer, per image
             out.deepstack_features = [tuple(layer[slot[i]] for i in source) for layer in out.deepstack_features]

@@ -27,7 +27,7 @@ import torch
 
 from rlvr.config import DataConfig, RolloutConfig
 from rlvr.data import Example, open_image, prompt_text
-from rlvr.models import never_sample_ids
+from rlvr.models import mrope_positions, never_sample_ids
 
 
 @dataclass
@@ -217,14 +217,7 @@ def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_i
     batch = {k: v.to(device) for k, v in batch.items() if v is not None}
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]  # [P, L]
     decoder = model.model
-    # Positions and offsets computed here, never left to the model: with no image in the
-    # batch it would neither recompute nor clear the offsets of its previous call.
-    if batch.get("image_grid_thw") is not None:
-        positions, deltas = decoder.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=batch["image_grid_thw"],
-                                                   attention_mask=mask)  # [3, P, L], [P, 1]
-    else:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)  # [3, P, L]
-        deltas = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)  # [P, 1]
+    positions, deltas = mrope_positions(decoder, ids, types, mask, batch.get("image_grid_thw"))  # [3, P, L], [P, 1]
     # Images encoded before the model is called, as ``generate`` does: under ZeRO-3 a rank
     # without images runs the tower on a dummy image at this same point (sync_vision_tower_calls).
     encoded = {}

@@ -26,7 +26,7 @@ from collections import defaultdict
 import torch
 
 from rlvr.config import Config
-from rlvr.distributed import is_deepspeed
+from rlvr.distributed import is_deepspeed, max_over_ranks
 from rlvr.logprobs import response_logprobs
 from rlvr.lora import inner_model, reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
@@ -131,13 +131,6 @@ class PolicyUpdate:
         t = torch.tensor(float(local), device=self.accelerator.device)
         return (self.accelerator.reduce(t, reduction="sum") / self.accelerator.num_processes).item()
 
-    def _max_over_ranks(self, counts: list[int]) -> list[int]:
-        """Element-wise maximum of ``counts`` over ranks, on every rank (one collective)."""
-        if self.accelerator.num_processes == 1:
-            return counts
-        t = torch.tensor(counts, dtype=torch.long, device=self.accelerator.device)  # [num_minibatches]
-        return self.accelerator.reduce(t, reduction="max").tolist()
-
     def _micro_batches(self, prompts: list[PromptInputs], responses: list[Response],
                        minibatches: list[list[int]]) -> tuple[list[list[list[int]]], dict[str, float]]:
         """Each minibatch's micro-batches (lists of sample indices), and the packing metrics.
@@ -156,7 +149,7 @@ class PolicyUpdate:
             return [[mb[i:i + size] for i in range(0, len(mb), size)] for mb in minibatches], {}
         costs = sample_costs(prompts, responses)
         packed, over = zip(*(pack_by_tokens(mb, costs, t.micro_batch_tokens) for mb in minibatches))
-        counts = self._max_over_ranks([len(m) for m in packed])
+        counts = max_over_ranks(self.accelerator, [len(m) for m in packed])
         micro = [split_to_count(m, k, costs) for m, k in zip(packed, counts)]
         return micro, {
             "batch/micro_batches": sum(counts) / len(counts),  # per optimizer step, the same on every rank

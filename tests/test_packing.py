@@ -6,6 +6,8 @@ gradients and the same weights after the optimizer steps (fp32, up to summation 
 """
 
 import random
+from contextlib import nullcontext
+from unittest import mock
 
 import pytest
 import torch
@@ -171,12 +173,12 @@ def _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=8, micro_batc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, prepared = acc.prepare(PolicyLogprobs(policy), optimizer)
     update = PolicyUpdate(cfg, acc, model, prepared, scheduler, processor.tokenizer.pad_token_id, reference)
-    if agree is not None:  # another rank packed more micro-batches
-        update._max_over_ranks = agree
     seen: list[list[int]] = []
     batch = update._batch
     update._batch = lambda p, r, idx: (seen.append(list(idx)), batch(p, r, idx))[1]
-    metrics = update.run(prompts, responses, advantages, step=0)
+    # agree: the counts another rank that packed more micro-batches would make every rank use
+    with mock.patch("rlvr.update.max_over_ranks", lambda acc, counts: agree(counts)) if agree else nullcontext():
+        metrics = update.run(prompts, responses, advantages, step=0)
     return metrics, optimizer, seen, policy
 
 
