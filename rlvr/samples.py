@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import os
 import re
@@ -57,30 +58,46 @@ class SampleRow:
 def pick_rollouts(rewards: Sequence[float], group_size: int, n: int) -> list[int]:
     """Indices of ``n`` responses to show from a prompt-major batch of groups of ``group_size``.
 
-    Prompts are spread evenly over the batch; within a prompt, picks alternate between a
-    rewarded and an unrewarded response where the group has both, so a page shows what
-    right and wrong look like. Deterministic.
+    Right and wrong answers are mixed whenever the batch has both, wherever in the batch
+    they are: half the picks (rounded up) are rewarded responses (reward > 0), half are not,
+    as far as each kind exists. Each kind's picks go to different prompts, evenly spread over
+    the prompts that have that kind, and the wrong ones avoid prompts already shown, before
+    any prompt is shown twice. Returned in batch order. Deterministic.
     """
     total = len(rewards)
     n = min(n, total)
     if n <= 0:
         return []
-    groups = -(-total // group_size)
-    spread = [(j * groups) // min(groups, n) for j in range(min(groups, n))]  # evenly spaced prompts
+    rewarded = [i for i in range(total) if rewards[i] > 0]
+    unrewarded = [i for i in range(total) if not rewards[i] > 0]  # 0, negative and NaN rewards
+    take_rewarded = min(len(rewarded), -(-n // 2))
+    take_unrewarded = min(len(unrewarded), n - take_rewarded)
+    take_rewarded = min(len(rewarded), n - take_unrewarded)  # too few wrong ones: more right ones
+    chosen = _spread(rewarded, group_size, take_rewarded, used=set())
+    chosen += _spread(unrewarded, group_size, take_unrewarded, used={i // group_size for i in chosen})
+    return sorted(chosen)
+
+
+def _spread(pool: list[int], group_size: int, n: int, used: set[int]) -> list[int]:
+    """``n`` of the ascending indices in ``pool``: first one per prompt not in ``used``, then one per
+    prompt in ``used``, then second members, and so on; evenly spaced within a tier that has more
+    than is needed."""
+    by_prompt: dict[int, list[int]] = {}
+    for i in pool:
+        by_prompt.setdefault(i // group_size, []).append(i)
+    tiers = []
+    depth = max((len(m) for m in by_prompt.values()), default=0)
+    for d in range(depth):
+        tiers.append([m[d] for p, m in by_prompt.items() if len(m) > d and (d > 0 or p not in used)])
+        if d == 0:
+            tiers.append([m[0] for p, m in by_prompt.items() if p in used])
     chosen: list[int] = []
-    while len(chosen) < n:
-        before = len(chosen)
-        for g in spread:
-            if len(chosen) == n:
-                break
-            members = [i for i in range(g * group_size, min(total, (g + 1) * group_size)) if i not in chosen]
-            want_rewarded = len(chosen) % 2 == 0
-            preferred = [i for i in members if (rewards[i] > 0) == want_rewarded]
-            if members:
-                chosen.append((preferred or members)[0])
-        if len(chosen) == before:  # every response of the spread prompts is shown
+    for tier in tiers:
+        need = n - len(chosen)
+        if need <= 0:
             break
-    return chosen[:n]
+        chosen += tier if len(tier) <= need else [tier[(j * len(tier)) // need] for j in range(need)]
+    return chosen
 
 
 def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Sequence[str], rewards: Sequence[float],
@@ -95,6 +112,10 @@ def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Seque
     """
     from rlvr.rewards import default_verifier
 
+    if not len(examples) == len(texts) == len(rewards) or (responses is not None and len(responses) != len(texts)):
+        raise ValueError(f"rollout_rows needs one example, response, text and reward per rollout; got "
+                         f"{len(examples)} examples, {len(responses) if responses is not None else '-'} responses, "
+                         f"{len(texts)} texts and {len(rewards)} rewards")
     idx = pick_rollouts(rewards, group_size, n)
     if not idx:
         return []
@@ -126,6 +147,7 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; 
 header { padding: 16px 24px; border-bottom: 1px solid var(--line); background: var(--bg); }
 header h1 { margin: 0 0 4px; font-size: 20px; }
 header p { margin: 0; color: var(--muted); }
+header nav { margin-top: 6px; }
 a { color: #0969da; }
 main { padding: 16px 24px; max-width: 1200px; }
 article { display: flex; gap: 20px; padding: 16px; margin: 0 0 16px; border: 1px solid var(--line);
@@ -240,13 +262,25 @@ def _row_html(row: SampleRow) -> str:
     )
 
 
-def render_page(title: str, subtitle_html: str, rows: Sequence[SampleRow]) -> str:
-    """A complete, self-contained HTML document showing ``rows``."""
+def render_page(title: str, subtitle_html: str, rows: Sequence[SampleRow], nav_html: str = "",
+                summary: dict[str, Any] | None = None) -> str:
+    """A complete, self-contained HTML document showing ``rows``.
+
+    ``nav_html`` goes between ``<!--nav-->`` markers (so neighbouring pages can be relinked
+    later); ``summary`` is stored as JSON in a ``<meta name="rlvr-samples">`` tag near the top,
+    where ``write_index`` reads it back.
+    """
     body = "\n".join(_row_html(r) for r in rows) or '<p class="empty">No rollouts.</p>'
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+    meta = (f'<meta name="rlvr-samples" content="{html.escape(json.dumps(summary))}">' if summary is not None else "")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{meta}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body><header>'
-            f'<h1>{html.escape(title)}</h1><p>{subtitle_html}</p></header>\n<main>\n{body}\n</main></body></html>\n')
+            f'<h1>{html.escape(title)}</h1><p>{subtitle_html}</p>{_NAV_START}{nav_html}{_NAV_END}</header>\n'
+            f'<main>\n{body}\n</main></body></html>\n')
+
+
+_NAV_START, _NAV_END = "<!--nav-->", "<!--/nav-->"
+_NAV_RE = re.compile(re.escape(_NAV_START) + ".*?" + re.escape(_NAV_END), re.S)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -265,34 +299,118 @@ def _pages(folder: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def page_summary(rows: Sequence[SampleRow], step: int, batch_rewards: Sequence[float] | None = None) -> dict[str, Any]:
+    """The figures a page and the index show: the rollouts shown, and the whole step's when given."""
+    shown = [float(r.reward) for r in rows]
+    summary: dict[str, Any] = {"step": step, "shown": len(shown), "shown_rewarded": sum(r > 0 for r in shown),
+                               "shown_mean": sum(shown) / len(shown) if shown else None}
+    if batch_rewards is not None:
+        batch = [float(r) for r in batch_rewards]
+        summary.update(batch=len(batch), batch_rewarded=sum(r > 0 for r in batch),
+                       batch_mean=sum(batch) / len(batch) if batch else None)
+    return summary
+
+
+def read_page_summary(path: str) -> dict[str, Any] | None:
+    """The summary stored in a page written by ``write_sample_page``; None for older or foreign pages."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    match = re.search(r'<meta name="rlvr-samples" content="([^"]*)">', head)
+    if not match:
+        return None
+    try:
+        summary = json.loads(html.unescape(match.group(1)))
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _mean(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "\u2013"
+
+
+def _nav_html(pages: list[tuple[int, str]], step: int) -> str:
+    """Links to the index and to the pages before and after ``step``."""
+    earlier = [(s, n) for s, n in pages if s < step]
+    later = [(s, n) for s, n in pages if s > step]
+    links = ['<a href="index.html">all steps</a>']
+    links.append(f'<a href="{earlier[-1][1]}" rel="prev">\u2190 step {earlier[-1][0]}</a>' if earlier
+                 else '<span class="fade">\u2190 (first page)</span>')
+    links.append(f'<a href="{later[0][1]}" rel="next">step {later[0][0]} \u2192</a>' if later
+                 else '<span class="fade">(latest page) \u2192</span>')
+    return '<nav class="pages">' + " \u00b7 ".join(links) + "</nav>"
+
+
+def _relink(folder: str, pages: list[tuple[int, str]], step: int) -> None:
+    """Rewrite the navigation of the page of ``step`` (its previous/next links), if it exists."""
+    name = dict(pages).get(step)
+    if name is None:
+        return
+    path = os.path.join(folder, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return
+    new = _NAV_RE.sub(lambda _: _NAV_START + _nav_html(pages, step) + _NAV_END, text, count=1)
+    if new != text:
+        _write_atomic(path, new)
+
+
 def write_index(folder: str, run_name: str) -> str:
-    """(Re)write ``folder/index.html`` listing every ``step_*.html`` page."""
+    """(Re)write ``folder/index.html``: a table of every ``step_*.html`` page with its figures."""
     pages = _pages(folder)
-    rows = "".join(f'<tr><td><a href="{name}">step {step}</a></td></tr>' for step, name in pages)
+    rows = []
+    for step, name in pages:
+        s = read_page_summary(os.path.join(folder, name)) or {}
+        if "batch" in s:
+            batch = f'{s["batch_rewarded"]} of {s["batch"]}</td><td>{_mean(s["batch_mean"])}'
+        else:
+            batch = "\u2013</td><td>\u2013"
+        shown = f'{s["shown_rewarded"]} of {s["shown"]}' if "shown" in s else "\u2013"
+        rows.append(f'<tr><td><a href="{name}">step {step}</a></td><td>{batch}</td><td>{shown}</td>'
+                    f'<td>{_mean(s.get("shown_mean"))}</td></tr>')
     doc = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(run_name)}: samples'
            f'</title><style>{_CSS}</style></head><body><header><h1>{html.escape(run_name)}: rollout samples</h1>'
-           f'<p>{len(pages)} page{"s" * (len(pages) != 1)}, one per logged step</p></header><main>'
-           f'<table class="index"><tr><th>page</th></tr>{rows}</table></main></body></html>\n')
+           f'<p>{len(pages)} page{"s" * (len(pages) != 1)}, one per logged step. "Step\'s rollouts": every rollout '
+           f'of the step that this process sampled; "shown": those on the page. Rewarded: reward &gt; 0.</p>'
+           f'</header><main><table class="index"><tr><th>page</th><th>step\'s rollouts rewarded</th>'
+           f'<th>step\'s mean reward</th><th>shown rewarded</th><th>shown mean reward</th></tr>{"".join(rows)}'
+           f'</table></main></body></html>\n')
     path = os.path.join(folder, "index.html")
     _write_atomic(path, doc)
     return path
 
 
-def write_sample_page(run_dir: str, step: int, rows: Sequence[SampleRow], title: str | None = None) -> str:
-    """Write ``<run_dir>/samples/step_<step>.html`` (and refresh ``index.html``); returns its path."""
+def write_sample_page(run_dir: str, step: int, rows: Sequence[SampleRow], title: str | None = None,
+                      batch_rewards: Sequence[float] | None = None) -> str:
+    """Write ``<run_dir>/samples/step_<step>.html``, relink its neighbours and refresh ``index.html``.
+
+    ``batch_rewards``: the rewards of every rollout of the step (this process's), for the
+    step's figures on the page and in the index. Returns the page's path.
+    """
     folder = os.path.join(run_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     run_name = os.path.basename(os.path.abspath(run_dir))
     name = f"step_{step:06d}.html"
-    earlier = [n for s, n in _pages(folder) if s < step]
-    links = ['<a href="index.html">all steps</a>']
-    if earlier:
-        links.append(f'<a href="{earlier[-1]}">previous page</a>')
-    mean = sum(r.reward for r in rows) / len(rows) if rows else float("nan")
-    subtitle = (f"run {html.escape(run_name)} \u00b7 {len(rows)} rollouts, mean reward of these {mean:.2f} "
-                f"\u00b7 written {time.strftime('%Y-%m-%d %H:%M:%S')} \u00b7 " + " \u00b7 ".join(links))
+    pages = sorted({**dict(_pages(folder)), step: name}.items())
+    summary = page_summary(rows, step, batch_rewards)
+    parts = [f"run {html.escape(run_name)}"]
+    if "batch" in summary:
+        parts.append(f"the step's {summary['batch']} rollouts on this process: {summary['batch_rewarded']} rewarded, "
+                     f"mean reward {_mean(summary['batch_mean'])}")
+    parts.append(f"shown: {summary['shown']}, {summary['shown_rewarded']} rewarded, mean reward "
+                 f"{_mean(summary['shown_mean'])}")
+    parts.append(f"written {time.strftime('%Y-%m-%d %H:%M:%S')}")
     path = os.path.join(folder, name)
-    _write_atomic(path, render_page(title or f"{run_name} \u00b7 step {step}", subtitle, rows))
+    _write_atomic(path, render_page(title or f"{run_name} \u00b7 step {step}", " \u00b7 ".join(parts), rows,
+                                    _nav_html(pages, step), summary))
+    position = [s for s, _ in pages].index(step)
+    for neighbour in pages[max(0, position - 1):position] + pages[position + 1:position + 2]:
+        _relink(folder, pages, neighbour[0])
     write_index(folder, run_name)
     return path
 
@@ -327,25 +445,28 @@ def log_samples_wandb(run, step: int, rows: Sequence[SampleRow], key: str = "sam
 
 
 class SampleLogger:
-    """Every ``log.samples_every`` steps, ``log.samples_per_step`` rollouts to a page and wandb.
+    """Every ``log.samples_every`` steps, at step 1 and at the last step (``trainer.max_steps``),
+    ``log.samples_per_step`` rollouts to a page and wandb.
 
-    Main process only. Reads ``cfg.log.samples_every`` / ``cfg.log.samples_per_step`` where
-    the config has them (defaults 50 and 4 until it does). Never raises: a failure to write
-    samples is logged and training goes on.
+    Main process only: the page shows the rollouts this process sampled. Reads
+    ``cfg.log.samples_every`` / ``cfg.log.samples_per_step`` where the config has them
+    (defaults 50 and 4 until it does). Never raises: a failure to write samples is logged
+    and training goes on.
     """
 
     def __init__(self, cfg, wandb_run=None, enabled: bool = True):
         self.run_dir = cfg.output_dir
         self.every = int(getattr(cfg.log, "samples_every", 50))
         self.per_step = int(getattr(cfg.log, "samples_per_step", 4))
+        self.last_step = int(getattr(cfg.trainer, "max_steps", 0) or 0)
         self.group_size = cfg.rollout.group_size
         self.answer_extraction = cfg.reward.answer_extraction
         self.wandb_run = wandb_run
         self.enabled = enabled and self.every > 0 and self.per_step > 0
 
     def due(self, step: int) -> bool:
-        """Whether 1-based ``step`` gets a page (step 1 always does, to show the start)."""
-        return self.enabled and (step == 1 or step % self.every == 0)
+        """Whether 1-based ``step`` gets a page: step 1 (the start), every ``every``-th, and the last."""
+        return self.enabled and (step == 1 or step % self.every == 0 or step == self.last_step)
 
     def log(self, step: int, examples, responses, texts, rewards) -> str | None:
         """Pick and write this step's rollouts if due; returns the page path (or None)."""
@@ -355,7 +476,7 @@ class SampleLogger:
             rewards = [float(r) for r in rewards]
             rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step,
                                 self.answer_extraction)
-            path = write_sample_page(self.run_dir, step, rows)
+            path = write_sample_page(self.run_dir, step, rows, batch_rewards=rewards)
             if self.wandb_run is not None:
                 log_samples_wandb(self.wandb_run, step, rows)
             return path

@@ -139,3 +139,90 @@ def test_wandb_offline_table_with_images(tmp_path, monkeypatch):
     staged = [p for p in glob.glob(str(tmp_path / "wandb-data" / "**" / "*"), recursive=True) if os.path.isfile(p)]
     pngs = [p for p in staged if open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"]
     assert len(pngs) >= 2, staged  # q1's image and q2's first; q3 is text only, q4's image is missing
+
+
+def _articles(page: str) -> list[tuple[str, float]]:
+    """(completion text, reward on its badge) of every rollout on a page, in page order."""
+    import html
+
+    out = []
+    for article in re.findall(r"<article.*?</article>", page, re.S):
+        reward = float(re.search(r'class="badge (?:ok|bad)">reward (-?[0-9.]+)', article).group(1))
+        text = re.findall(r'<pre class="completion">(.*?)</pre>', article, re.S)[-1]
+        out.append((html.unescape(text), reward))
+    return out
+
+
+def test_page_shows_right_answers_wherever_they_are_with_their_own_rewards(tmp_path):
+    """The issue: a step with 3 rewarded rollouts showed four rewards of 0, because only the
+    evenly spread prompts (0, 2, 4, 6 here) were looked at. Rewarded ones in other prompts
+    must be shown, each with the reward it was given."""
+    from rlvr.config import Config
+
+    image = save_image(tmp_path / "img.png")
+    examples = [Example(id=f"p{g}", question=f"q{g}?", answer=str(g), gold=parse_gold(str(g)), images=[image])
+                for g in range(8)]
+    per_response = [examples[g] for g in range(8) for _ in range(4)]  # 8 prompts x G=4, prompt-major
+    texts = [f"prompt {g} sample {j}: \\boxed{{{g if (g, j) in ((1, 2), (3, 0), (5, 3)) else 9}}}"
+             for g in range(8) for j in range(4)]
+    rewards = [0.0] * 32
+    rewards[1 * 4 + 2], rewards[3 * 4 + 0], rewards[5 * 4 + 3] = 1.0, 0.75, 0.5  # distinct: alignment shows
+    given = dict(zip(texts, rewards))
+    responses = [Response(i // 4, torch.tensor([1, 2]), torch.zeros(2), finished=True) for i in range(32)]
+
+    cfg = Config(output_dir=str(tmp_path / "run"))
+    cfg.rollout.group_size = 4
+    path = SampleLogger(cfg).log(1, per_response, responses, texts, rewards)
+    shown = _articles(open(path, encoding="utf-8").read())
+    assert len(shown) == 4
+    for text, reward in shown:
+        assert reward == given[text], (text, reward, given[text])  # each completion with its own reward
+    assert sum(r > 0 for _, r in shown) == 2  # half right, half wrong: 2 of the 3 rewarded are there
+    # the wrong ones come from prompts not shown yet, spread: 0 and 5 of 0, 2, 4, 5, 6, 7
+    assert [t.split(":")[0] for t, _ in shown] == ["prompt 0 sample 0", "prompt 1 sample 2", "prompt 3 sample 0",
+                                                    "prompt 5 sample 0"]
+    page = open(path, encoding="utf-8").read()
+    assert "the step's 32 rollouts on this process: 3 rewarded, mean reward 0.070" in page  # 2.25 / 32
+    assert "shown: 4, 2 rewarded, mean reward 0.438" in page  # (1 + 0.75) / 4
+    # the verifier's verdict shown next to the reward agrees with it
+    assert re.findall(r'badge (?:ok|bad)">reward [0-9.]+ \u00b7 (\w+)', page) == ["wrong", "correct", "correct", "wrong"]
+
+
+def test_pick_rollouts_mixes_outcomes_wherever_they_are():
+    rewards = [0.0] * 256  # 16 prompts x 16; the three rewarded rollouts sit in prompts 1, 5 and 9
+    rewards[1 * 16 + 3] = rewards[5 * 16 + 7] = rewards[9 * 16 + 2] = 1.0
+    picked = pick_rollouts(rewards, 16, 4)
+    assert [rewards[i] for i in picked] == [0.0, 1.0, 1.0, 0.0] and picked == [0, 19, 87, 144]
+    assert sorted(rewards[i] for i in pick_rollouts(rewards, 16, 8)) == [0.0] * 5 + [1.0] * 3  # every right one
+    assert pick_rollouts([1.0] * 8, 4, 3) == [0, 1, 4]  # only one kind: that kind, prompts first
+    assert pick_rollouts([0, 0, 0, 1], 4, 4) == [0, 1, 2, 3]
+
+
+def test_index_has_figures_and_pages_link_both_ways(tmp_path):
+    run = str(tmp_path / "run")
+    rows = make_rows(tmp_path)  # rewards 1, 0, 0, 1
+    for step in (1, 50, 20):  # out of order, as after a resume: links still follow step order
+        write_sample_page(run, step, rows, batch_rewards=[1.0] * step + [0.0] * 10)
+    folder = tmp_path / "run" / "samples"
+    page = {s: open(folder / f"step_{s:06d}.html", encoding="utf-8").read() for s in (1, 20, 50)}
+    nav = {s: re.search(r"<nav.*?</nav>", p, re.S).group(0) for s, p in page.items()}
+    assert 'rel="prev"' not in nav[1] and 'href="step_000020.html" rel="next"' in nav[1]
+    assert 'href="step_000001.html" rel="prev"' in nav[20] and 'href="step_000050.html" rel="next"' in nav[20]
+    assert 'href="step_000020.html" rel="prev"' in nav[50] and 'rel="next"' not in nav[50]
+    assert all('href="index.html"' in n for n in nav.values())
+    index = open(folder / "index.html", encoding="utf-8").read()
+    table = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr><td>.*?</tr>", index)]
+    assert [t[1:] for t in table] == [["1 of 11", "0.091", "2 of 4", "0.500"],
+                                      ["20 of 30", "0.667", "2 of 4", "0.500"],
+                                      ["50 of 60", "0.833", "2 of 4", "0.500"]]
+    assert [re.search(r">step (\d+)<", t[0]).group(1) for t in table] == ["1", "20", "50"]
+
+
+def test_short_run_gets_its_last_step_page(tmp_path):
+    from rlvr.config import Config
+
+    cfg = Config(output_dir=str(tmp_path / "run"))
+    cfg.trainer.max_steps = 20
+    assert [s for s in range(1, 21) if SampleLogger(cfg).due(s)] == [1, 20]  # samples_every=50
+    cfg.trainer.max_steps = 120
+    assert [s for s in range(1, 121) if SampleLogger(cfg).due(s)] == [1, 50, 100, 120]
