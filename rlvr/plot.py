@@ -6,8 +6,11 @@
 Plots (each its own PNG, and all of them in ``overview.png``): training reward, validation
 accuracy (pass@1, pass@k, maj@k, greedy), response length, policy entropy, groups with
 zero reward variance, SAPO gate statistics (or the clip fraction of clipped losses), and
-time per step by phase. The x axis is the RL step (one rollout batch). A panel whose
-metrics a run did not log says so instead of being left blank.
+time per step by phase. The x axis is the RL step (one rollout batch), with whole-number
+ticks. Rewards, accuracies and shares are all on one scale, fractions from 0 to 1, as in
+``metrics.jsonl``. A panel whose metrics a run did not log says so instead of being left
+blank. Overlaid runs get one colour each and one line style per metric, with the legend
+below the axes, where it cannot cover a line.
 
 Uses matplotlib's object API with the Agg canvas, never pyplot: no global state, no
 display needed, and importing this module does not change a notebook's backend.
@@ -52,6 +55,7 @@ class Panel:
     markers: bool = False  # sparse points (evaluations)
     stacked: bool = False  # stacked areas (time breakdown)
     y_range: tuple[float | None, float | None] = (None, None)
+    unit_range: bool = False  # 0..1 axis when every value is in [0, 1] (a reward beyond it: automatic)
     notes: list[str] = field(default_factory=list)
 
 
@@ -60,31 +64,31 @@ def _fixed(*items: tuple[str, str] | tuple[str, str, float]) -> Callable[[list[s
 
 
 def _eval_series(keys: list[str]) -> list[Series]:
-    out = [Series("eval/pass@1", "pass@1 (mean over samples)", 100)] if "eval/pass@1" in keys else []
+    out = [Series("eval/pass@1", "pass@1 (mean over samples)")] if "eval/pass@1" in keys else []
     for pattern, fmt in ((r"^eval/pass@(\d+)$", "pass@{k} (unbiased)"), (r"^eval/maj@(\d+)$", "maj@{k} (majority vote)")):
         ks = sorted(int(m.group(1)) for k in keys if (m := re.match(pattern, k)))
         ks = [k for k in ks if k > 1 or "maj" in pattern]
         if ks:
-            out.append(Series(pattern.replace(r"(\d+)", str(ks[-1])).strip("^$"), fmt.format(k=ks[-1]), 100))
+            out.append(Series(pattern.replace(r"(\d+)", str(ks[-1])).strip("^$"), fmt.format(k=ks[-1])))
     if "eval/greedy" in keys:
-        out.append(Series("eval/greedy", "greedy decoding", 100))
+        out.append(Series("eval/greedy", "greedy decoding"))
     return out
 
 
 PANELS = [
-    Panel("reward", "Training reward", "mean reward of the step's rollouts",
-          _fixed(("reward/mean", "reward")), "no reward/mean logged", smooth=True),
-    Panel("eval_accuracy", "Validation accuracy", "accuracy on data.val_files (%)", _eval_series,
-          "no evaluation in this run (set data.val_files)", markers=True, y_range=(0, 100)),
+    Panel("reward", "Training reward", "mean reward of the step's rollouts (0-1)",
+          _fixed(("reward/mean", "reward")), "no reward/mean logged", smooth=True, unit_range=True),
+    Panel("eval_accuracy", "Validation accuracy", "fraction correct on data.val_files (0-1)", _eval_series,
+          "no evaluation in this run (set data.val_files)", markers=True, y_range=(0, 1)),
     Panel("response_length", "Response length", "tokens per response",
           _fixed(("response_length/mean", "mean (training rollouts)"), ("response_length/max", "max (training rollouts)"),
                  ("eval/response_length/mean", "mean (evaluation)")),
           "no response_length/* logged", smooth=True),
     Panel("entropy", "Policy entropy", "nats per response token", _fixed(("entropy", "entropy")),
           "no entropy logged", smooth=True),
-    Panel("zero_std_groups", "Groups with no learning signal", "groups whose G rewards are all equal (%)",
-          _fixed(("zero_std_groups", "zero-variance groups", 100)), "no zero_std_groups logged", smooth=True,
-          y_range=(0, 100)),
+    Panel("zero_std_groups", "Groups with no learning signal", "share of groups with all G rewards equal",
+          _fixed(("zero_std_groups", "zero-variance groups")), "no zero_std_groups logged", smooth=True,
+          y_range=(0, 1)),
     Panel("sapo_gate", "SAPO gate statistics", "gate weight (1 at ratio 1) / share of tokens",
           _fixed(("sapo/gate_pos", "mean gate weight, A > 0"), ("sapo/gate_neg", "mean gate weight, A <= 0"),
                  ("sapo/gate_below_half", "share of tokens with gate < 0.5"),
@@ -173,10 +177,45 @@ def _window(n: int) -> int:
     return max(1, min(25, n // 15))
 
 
+LEGEND_FONT = 8  # points
+LEGEND_COLUMNS = 3
+
+
+def _legend_rows(panel: Panel, runs: Sequence[Run]) -> int:
+    """Rows the legend below the axes takes: overlays, and stacked areas (which fill the axes);
+    0 where the legend sits inside."""
+    labels = {s.label for run in runs for s in panel.series(run.keys)}
+    if len(runs) < 2:
+        return -(-len(labels) // LEGEND_COLUMNS) if panel.stacked else 0
+    entries = len(runs) + (len(labels) if len(labels) > 1 and not panel.stacked else 0)
+    return -(-entries // LEGEND_COLUMNS)
+
+
+def _below_axes_pt(panel: Panel, runs: Sequence[Run]) -> float:
+    """Points under the axes for tick labels, the x label, the smoothing note and an overlay's legend."""
+    rows = _legend_rows(panel, runs)
+    return 34 + (12 if panel.smooth else 0) + (rows * 1.45 * LEGEND_FONT + 10 if rows else 0)
+
+
 def draw_panel(ax, panel: Panel, runs: Sequence[Run], title_suffix: str = "") -> bool:
-    """Draw ``panel`` for ``runs`` on the matplotlib axes ``ax``; returns whether anything was drawn."""
+    """Draw ``panel`` for ``runs`` on the matplotlib axes ``ax``; returns whether anything was drawn.
+
+    One run: a colour per metric, the legend inside at the least crowded place. Several runs:
+    a colour per run and a line style per metric (the same style for a metric in every run),
+    the legend below the axes (``_below_axes_pt`` says how much room it needs).
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import offset_copy
+
     many = len(runs) > 1
     drawn = False
+    labels: list[str] = []  # metrics in first-seen order: their line style in an overlay
+    for run in runs:
+        for s in panel.series(run.keys):
+            if s.label not in labels:
+                labels.append(s.label)
+    values: list[float] = []
     for r, run in enumerate(runs):
         series = panel.series(run.keys)
         if panel.stacked:
@@ -187,8 +226,9 @@ def draw_panel(ax, panel: Panel, runs: Sequence[Run], title_suffix: str = "") ->
             if not xs:
                 continue
             drawn = True
+            values += ys
             colour = COLOURS[r % len(COLOURS)] if many else COLOURS[s_i % len(COLOURS)]
-            style = STYLES[s_i % len(STYLES)] if many else "-"
+            style = STYLES[labels.index(s.label) % len(STYLES)] if many else "-"
             label = f"{run.label}: {s.label}" if many else s.label
             window = _window(len(xs))
             if panel.smooth and window > 1:
@@ -207,13 +247,43 @@ def draw_panel(ax, panel: Panel, runs: Sequence[Run], title_suffix: str = "") ->
         ax.set_xticks([])
         ax.set_yticks([])
         return False
+    # Steps are whole numbers: integer ticks, every panel over the runs' whole span of steps
+    # (an evaluation at one step alone would otherwise get an axis from 2.84 to 3.16).
+    steps = [float(row.get("step", i + 1)) for run in runs for i, row in enumerate(run.rows)]
+    first, last = min(steps), max(steps)
+    if last - first < 2:
+        first, last = first - 1, last + 1
+    margin = 0.03 * (last - first)
+    ax.set_xlim(first - margin, last + margin)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     lo, hi = panel.y_range
+    if panel.unit_range and values and 0.0 <= min(values) and max(values) <= 1.0:
+        lo, hi = 0.0, 1.0
     if lo is not None or hi is not None:
-        ax.set_ylim(lo, hi)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        pad = 0.02 * ((hi if hi is not None else 1.0) - (lo if lo is not None else 0.0))
+        ax.set_ylim(None if lo is None else lo - pad, None if hi is None else hi + pad)  # lines at 0 or 1 stay visible
+    below = 34  # points: tick labels and the x label
     if panel.smooth and any(_window(len(run.rows)) > 1 for run in runs):
         ax.annotate(f"faint: per step; bold: moving average over {_window(max(len(run.rows) for run in runs))} steps",
-                    xy=(0, -0.22), xycoords="axes fraction", fontsize=7, color="#57606a")
+                    xy=(0, 0), xycoords="axes fraction", xytext=(0, -below), textcoords="offset points",
+                    va="top", fontsize=7, color="#57606a")
+        below += 12
+    if not many and not panel.stacked:
+        ax.legend(fontsize=LEGEND_FONT, loc="best", framealpha=0.85)
+        return True
+    # Below the axes, where no line can be. An overlay: the runs by colour, then the metrics by
+    # style. One run's stacked areas: its own legend entries.
+    if many:
+        handles = [Line2D([], [], color=COLOURS[r % len(COLOURS)], linewidth=2, label=run.label)
+                   for r, run in enumerate(runs)]
+    else:
+        handles = ax.get_legend_handles_labels()[0]
+    if many and len(labels) > 1 and not panel.stacked:
+        handles += [Line2D([], [], color="#57606a", linewidth=1.6, linestyle=STYLES[i % len(STYLES)], label=label)
+                    for i, label in enumerate(labels)]
+    anchor = offset_copy(ax.transAxes, fig=ax.figure, x=0, y=-below, units="points")
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, 0), bbox_transform=anchor, fontsize=LEGEND_FONT,
+              ncol=min(LEGEND_COLUMNS, len(handles)), frameon=False, borderaxespad=0, handlelength=3)
     return True
 
 
@@ -229,7 +299,7 @@ def _draw_stacked(ax, run: Run, series: list[Series], r: int, many: bool) -> boo
         return False
     if many:  # stacked areas of several runs would hide each other: plot each run's total instead
         total = [sum(v) for v in zip(*layers)]
-        ax.plot(steps, total, color=COLOURS[r % len(COLOURS)], linewidth=1.6, label=f"{run.label}: total ({' + '.join(labels)})")
+        ax.plot(steps, total, color=COLOURS[r % len(COLOURS)], linewidth=1.6, label=f"{run.label}: total")
     else:  # steps are discrete: flat bands per step, so a phase that ran at one step (eval) stays at that step
         bottom = [0.0] * len(steps)
         for layer, label, colour in zip(layers, labels, COLOURS):
@@ -298,8 +368,11 @@ def plot_runs(run_dirs: Sequence[str], out_dir: str, only: Sequence[str] | None 
     for panel in PANELS:
         if only is not None and panel.name not in only:
             continue
-        fig = _figure(9, 5.4)
-        fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.14)
+        # axes 4.2 in high; the margin under them grows with an overlay's legend
+        bottom_in = (_below_axes_pt(panel, runs) + 8) / 72
+        height = 0.43 + 4.2 + bottom_in
+        fig = _figure(9, height)
+        fig.subplots_adjust(left=0.09, right=0.98, top=1 - 0.43 / height, bottom=bottom_in / height)
         draw_panel(fig.add_subplot(), panel, runs, suffix)
         path = os.path.join(out_dir, f"{panel.name}.png")
         _save(fig, path)
@@ -307,9 +380,13 @@ def plot_runs(run_dirs: Sequence[str], out_dir: str, only: Sequence[str] | None 
     if only is not None and "overview" not in only:
         return paths
     cols, rows = 2, -(-(len(PANELS) + 1) // 2)
-    fig = _figure(15, 4.5 * rows)
-    fig.subplots_adjust(left=0.06, right=0.985, top=1 - 0.75 / (4.5 * rows), bottom=0.35 / rows, hspace=0.42,
-                        wspace=0.16)
+    axes_in, top_in = 3.2, 0.75
+    gap_in = max(_below_axes_pt(p, runs) for p in PANELS) / 72 + 0.45  # room below a row, then the next title
+    bottom_in = gap_in - 0.3
+    height = top_in + rows * axes_in + (rows - 1) * gap_in + bottom_in
+    fig = _figure(15, height)
+    fig.subplots_adjust(left=0.06, right=0.985, top=1 - top_in / height, bottom=bottom_in / height,
+                        hspace=gap_in / axes_in, wspace=0.16)
     for i, panel in enumerate(PANELS):
         draw_panel(fig.add_subplot(rows, cols, i + 1), panel, runs)
     ax = fig.add_subplot(rows, cols, len(PANELS) + 1)

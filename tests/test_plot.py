@@ -102,3 +102,60 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert plot_run(str(tmp_path / "empty")) == []  # the trainer's call never raises
     with pytest.raises(FileNotFoundError):
         plot_run(str(tmp_path / "empty"), strict=True)
+
+
+def _drawn(panel_name, run_dirs):
+    """The axes of one panel drawn for ``run_dirs`` on a fresh figure, rendered."""
+    from rlvr.plot import _figure, draw_panel, load_runs
+
+    fig = _figure(9, 6)
+    fig.subplots_adjust(bottom=0.3)
+    ax = fig.add_subplot()
+    draw_panel(ax, next(p for p in PANELS if p.name == panel_name), load_runs([str(d) for d in run_dirs]))
+    fig.canvas.draw()
+    return ax
+
+
+def test_reward_and_accuracy_share_one_scale(tmp_path):
+    run = write_run(tmp_path / "r", "sapo", steps=20)
+    reward, accuracy = _drawn("reward", [run]), _drawn("eval_accuracy", [run])
+    assert reward.get_ylim() == pytest.approx((-0.02, 1.02)) and accuracy.get_ylim() == pytest.approx((-0.02, 1.02))
+    # accuracy is plotted as the fraction metrics.jsonl holds (pass@1 = 0.8 * step / 20), not in percent
+    line = next(l for l in accuracy.get_lines() if l.get_label().startswith("pass@1"))
+    assert list(line.get_xdata()) == [10.0, 20.0] and list(line.get_ydata()) == pytest.approx([0.4, 0.8])
+    assert "(0-1)" in accuracy.get_ylabel() and "%" not in accuracy.get_ylabel()
+    # a reward beyond 1 (shaping terms) keeps an automatic axis rather than being cut off
+    rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    rows[5]["reward/mean"] = 1.3
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _drawn("reward", [run]).get_ylim()[1] > 1.3
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 60])
+def test_step_ticks_are_whole_numbers(tmp_path, steps):
+    run = write_run(tmp_path / "r", "sapo", steps=steps, with_eval=False)
+    rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    rows[-1]["eval/pass@1"] = 0.5  # one evaluation, at the last step
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("reward", "eval_accuracy", "timing"):
+        ax = _drawn(name, [run])
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
+        assert lo < 1 and hi > steps  # every panel spans the run's steps
+
+
+def test_overlay_legend_is_outside_the_axes(tmp_path):
+    a = write_run(tmp_path / "a", "sapo", seed=1)
+    b = write_run(tmp_path / "b", "grpo", steps=40, seed=2)
+    for name in ("reward", "eval_accuracy", "sapo_gate", "timing"):
+        ax = _drawn(name, [a, b])
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 < box.y0, (name, legend, box)  # entirely below the axes: it covers no line
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[:2] == ["a (sapo)", "b (grpo)"], labels  # runs by colour first
+    labels = [t.get_text() for t in _drawn("eval_accuracy", [a, b]).get_legend().get_texts()]
+    assert labels[2:] == ["pass@1 (mean over samples)", "pass@8 (unbiased)", "maj@8 (majority vote)",
+                          "greedy decoding"]  # then each metric once, by line style
+    styles = {l.get_label(): l.get_linestyle() for l in _drawn("eval_accuracy", [a, b]).get_lines()}
+    assert styles["a (sapo): maj@8 (majority vote)"] == styles["b (grpo): maj@8 (majority vote)"] == ":"
