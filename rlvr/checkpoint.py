@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +222,149 @@ def load_checkpoint(accelerator, path: str) -> dict:
 def load_trainer_state(path: str) -> dict:
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         return json.load(f)
+
+
+# ------------------------------------------------------------------ resuming with a changed config
+
+# Keys a resumed run may change freely: they change how long it runs, how it is watched, or
+# memory and speed, not what is learned from what. A key listed with a trailing dot covers its
+# whole section. Anything else (model, data, algorithm, rollout sampling, batch shape, the lr
+# and its schedule, seeds) would mix two different runs in one output_dir and is refused
+# unless checkpoint.allow_resume_changes=true.
+SAFE_RESUME_CHANGES = (
+    "output_dir", "resume", "trainer.max_steps", "checkpoint.", "eval.", "log.", "data.val_files", "data.strict",
+    "trainer.collective_timeout_s", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
+    "trainer.logprob_chunk_size", "trainer.shared_prompt_forward", "rollout.micro_batch_size",
+    "rollout.shared_prefill", "rollout.zero3_gather_weights", "model.gradient_checkpointing",
+    "model.attn_implementation", "reward.num_workers", "reward.timeout_s",
+)
+_NOT_COMPARED = ("output_dir", "resume")  # where the run is and how it was started, not what it is
+_RESUMED_CONFIG = re.compile(r"^config\.resume-(\d{6,})\.yaml$")
+
+
+def is_safe_change(key: str) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_RESUME_CHANGES)
+
+
+def run_config_path(output_dir: str, step: int) -> str | None:
+    """The config the run was last started with, up to ``step``: ``config.yaml`` (the original),
+    or the newest ``config.resume-NNNNNN.yaml`` written by a resume at step <= ``step``."""
+    best, best_step = None, -1
+    if os.path.isfile(os.path.join(output_dir, "config.yaml")):
+        best, best_step = os.path.join(output_dir, "config.yaml"), 0
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        m = _RESUMED_CONFIG.match(name)
+        if m and best_step < int(m.group(1)) <= step:
+            best, best_step = os.path.join(output_dir, name), int(m.group(1))
+    return best
+
+
+def resumed_config_name(step: int) -> str:
+    """Where a resume at ``step`` with a changed config writes it; ``config.yaml`` stays the original."""
+    return f"config.resume-{step:06d}.yaml"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flat(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(before, after) -> list[tuple[str, object, object]]:
+    """(key, before, after) for every leaf key whose value differs, in config order."""
+    from rlvr.config import config_to_dict
+
+    a, b = _flat(config_to_dict(before)), _flat(config_to_dict(after))
+    return [(k, a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k) and k not in _NOT_COMPARED]
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass
+class ResumePlan:
+    """What ``resume=`` will do for a config: start fresh, or continue a checkpoint, and with which changes."""
+
+    checkpoint: str | None = None  # None: a fresh start
+    step: int = 0  # RL steps the checkpoint has done
+    max_steps: int = 0  # the run's trainer.max_steps now
+    changes: list = field(default_factory=list)  # (key, before, now) against the config the run last used
+    compared_with: str | None = None  # that config file
+    note: str | None = None  # why the configs could not be compared, if they could not
+    allowed: bool = False  # checkpoint.allow_resume_changes
+
+    @property
+    def finished(self) -> bool:
+        return self.checkpoint is not None and self.step >= self.max_steps
+
+    @property
+    def refused(self) -> list[tuple[str, object, object]]:
+        return [c for c in self.changes if not is_safe_change(c[0])]
+
+    def describe(self) -> str:
+        """One paragraph: from where, which changes, and whether they are accepted."""
+        if self.checkpoint is None:
+            return "starts a fresh run (no complete checkpoint to resume from)"
+        if self.finished:
+            return (f"the run is finished: its checkpoint {self.checkpoint} is at step {self.step} of "
+                    f"trainer.max_steps={self.max_steps}; nothing to do. To train longer, raise trainer.max_steps "
+                    "(a cosine learning rate continues from where it ended).")
+        head = f"resumes from {self.checkpoint} at step {self.step} of {self.max_steps}"
+        if self.note:
+            return f"{head}; {self.note}"
+        if not self.changes:
+            return f"{head}, with the config it last ran with ({self.compared_with})"
+        lines = [f"{head}, with {len(self.changes)} change(s) to {self.compared_with}:"]
+        for key, old, new in self.changes:
+            tag = "" if is_safe_change(key) else "   <- changes what the run means"
+            lines.append(f"  {key}: {_short(old)} -> {_short(new)}{tag}")
+        if self.refused and not self.allowed:
+            lines.append(self.refusal())
+        elif self.changes:
+            lines.append(f"The config it resumes with is written to {resumed_config_name(self.step)}; config.yaml "
+                         "stays the original.")
+        return "\n".join(lines)
+
+    def refusal(self) -> str:
+        keys = ", ".join(k for k, _, _ in self.refused)
+        return (f"Refused: {keys} would make the rest of the run a different run from its first {self.step} steps. "
+                "Put it back as it was, start a new run (a new output_dir; model.name_or_path can point to "
+                "this run's final/ folder), or set checkpoint.allow_resume_changes=true if you mean it.")
+
+
+def plan_resume(cfg) -> ResumePlan:
+    """Decide, without loading anything heavy, what ``cfg.resume`` will do in ``cfg.output_dir``.
+
+    Raises ResumeError where training would refuse to start (an output_dir that holds a run
+    without resume=, a resume path that is not a checkpoint). The caller refuses meaning
+    changes (``plan.refused``) unless ``plan.allowed``.
+    """
+    from rlvr.config import ConfigError, load_config
+
+    plan = ResumePlan(max_steps=cfg.trainer.max_steps, allowed=cfg.checkpoint.allow_resume_changes)
+    plan.checkpoint = resolve_resume(cfg.output_dir, cfg.resume)
+    if plan.checkpoint is None:
+        return plan
+    try:
+        plan.step = int(load_trainer_state(plan.checkpoint)["step"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ResumeError(f"cannot read {os.path.join(plan.checkpoint, STATE_FILE)}: {e}. Resume from an older "
+                          "checkpoint with resume=PATH, or start a new output_dir.") from None
+    plan.compared_with = run_config_path(cfg.output_dir, plan.step)
+    if plan.compared_with is None:
+        plan.note = "the run has no config.yaml to compare the config with (changes cannot be checked)"
+        return plan
+    try:
+        before = load_config(plan.compared_with)
+    except ConfigError as e:
+        plan.note = f"its {plan.compared_with} no longer loads ({e}); changes cannot be checked"
+        return plan
+    plan.changes = config_changes(before, cfg)
+    return plan

@@ -1,4 +1,12 @@
-"""Command-line plumbing shared by the entry points."""
+"""Command-line plumbing shared by the entry points: logging, and errors as messages.
+
+Exit codes of ``launch/train.py``: 0 finished (or nothing to do), 2 a problem with the
+config, the data, the output folder or a file the user named (a message says what to
+change), 1 a failure while running (a message; the traceback goes to ``<output_dir>/train.log``),
+128 + N stopped by signal N after a checkpoint (SIGTERM, SIGUSR1, a first Ctrl-C).
+User errors are printed once, by rank 0 (every rank meets the same one); runtime failures
+by every rank that has one, since it may be the only one.
+"""
 
 from __future__ import annotations
 
@@ -10,64 +18,168 @@ import traceback
 
 from rlvr.config import ConfigError, load_config, parse_cli, validate
 
-def setup_logging() -> None:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=logging.INFO if rank == "0" else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+LOG_NAME = "train.log"
+_CONSOLE_FORMAT = "%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console gets rlvr's own messages (INFO on rank 0, WARNING elsewhere) and errors from
+    anyone; library chatter (FutureWarnings, generation-flag notices, accelerate's INFO lines
+    at each checkpoint) goes to the log file only."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.own_level = logging.INFO if rank == 0 else logging.WARNING
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name == "rlvr" or record.name.startswith(("rlvr.", "__main__"))
+        return record.levelno >= (self.own_level if own else logging.ERROR)
+
+
+def setup_logging(log_file: str | None = None) -> None:
+    """Console logging as above; with ``log_file``, everything at INFO and above also goes there."""
+    rank = _rank()
+    root = logging.getLogger()
+    fmt = logging.Formatter(_CONSOLE_FORMAT.format(rank=rank), datefmt="%H:%M:%S")
+    if not any(getattr(h, "_rlvr_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        console.addFilter(_ConsoleFilter(rank))
+        console._rlvr_console = True
+        root.addHandler(console)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # warnings.warn (FutureWarning & co.) -> logger "py.warnings"
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if log_file is not None and not any(getattr(h, "_rlvr_file", None) == log_file for h in root.handlers):
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=False)
+        handler.setFormatter(logging.Formatter(_CONSOLE_FORMAT.format(rank=rank), datefmt="%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        handler._rlvr_file = log_file
+        root.addHandler(handler)
+    if "transformers" in sys.modules or log_file is not None:
+        # transformers logs through its own stderr handler unless told to propagate to ours
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+        hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards": not what matters
 
 
 def _collective_failure_message(cfg, error: BaseException) -> str:
-    rank = os.environ.get("RANK", "0")
     return (
-        f"rank {rank}: a collective operation failed or waited longer than trainer.collective_timeout_s="
+        f"rank {_rank()}: a collective operation failed or waited longer than trainer.collective_timeout_s="
         f"{cfg.trainer.collective_timeout_s} s ({type(error).__name__}). Another rank has most likely died or "
         "hung: look for the first error in the other ranks' output (or the node's log). If a step legitimately "
         "takes longer between collectives, raise trainer.collective_timeout_s.")
 
 
+def _user_error(message: str) -> int:
+    """A problem the user fixes: printed once (rank 0), exit code 2."""
+    if _rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _runtime_error(error: BaseException, log_file: str | None) -> int:
+    """A failure while running: one line per failing rank, the traceback in the log file; exit code 1."""
+    text = f"{type(error).__name__}: {error}".strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    if len(first) > 500:
+        first = first[:500] + " ..."
+    hint = ""
+    if type(error).__name__ == "OutOfMemoryError":
+        hint = (" Out of GPU memory: lower rollout.micro_batch_size (generation) or trainer.micro_batch_size / "
+                "set trainer.micro_batch_tokens (update); `python -m rlvr.validate` estimates the budget.")
+    if log_file is not None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"rank {_rank()} failed:\n" + "".join(traceback.format_exception(error)))
+        where = f" (traceback in {log_file})"
+    else:
+        where = ""
+        traceback.print_exception(error)
+    print(f"error: rank {_rank()}: {first}{where}.{hint}", file=sys.stderr, flush=True)
+    return 1
+
+
 def run_training(argv: list[str]) -> int:
+    """launch/train.py: config, checks, resume decision, training, end report; returns the exit code."""
+    log_file = None
     setup_logging()
     try:
-        path, overrides = parse_cli(argv)
-        cfg = load_config(path, overrides)
-        validate(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    from rlvr.validate import preflight
+        try:
+            path, overrides = parse_cli(argv)
+            cfg = load_config(path, overrides)
+            # the checks rlvr.validate --num-processes runs, for this launch's process count
+            validate(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1))
+        except ConfigError as e:
+            if _rank() == 0:
+                print(f"config error: {e}", file=sys.stderr)
+            return 2
+        log_file = os.path.join(cfg.output_dir, LOG_NAME)
+        setup_logging(log_file)
+        return _train(cfg, log_file)
+    except KeyboardInterrupt:  # Ctrl-C before the trainer's handler was installed, or after it was lifted
+        if _rank() == 0:
+            print("\ninterrupted before training started or after it ended; nothing to checkpoint", file=sys.stderr)
+        return 128 + signal.SIGINT
 
-    report = preflight(cfg)  # the cheap part of `python -m rlvr.validate`, before any GPU time
-    if report.failed:
-        print(report.render(), file=sys.stderr)
-        return 2
-    from rlvr.checkpoint import ResumeError
+
+def _train(cfg, log_file: str) -> int:
+    from rlvr.checkpoint import ResumeError, plan_resume
+    from rlvr.data import DataError
+
+    if _rank() == 0:
+        print(f"rlvr: full log in {log_file}", file=sys.stderr, flush=True)
+    try:
+        plan = plan_resume(cfg)  # before any model loads: a finished or refused resume ends here
+        if plan.finished:
+            if _rank() == 0:
+                print(f"resume={cfg.resume}: {plan.describe()}", flush=True)
+            return 0
+        if plan.refused and not plan.allowed:
+            raise ResumeError(f"resume={cfg.resume} {plan.describe()}")
+        from rlvr.validate import preflight
+
+        report = preflight(cfg)  # the cheap part of `python -m rlvr.validate`, before any GPU time
+        if report.failed:
+            if _rank() == 0:
+                print(report.render(), file=sys.stderr)
+            return 2
+    except (ConfigError, DataError, ResumeError) as e:
+        return _user_error(str(e))
+
     from rlvr.distributed import is_collective_failure, shutdown_distributed
     from rlvr.trainer import Trainer
 
     try:
         trainer = Trainer(cfg)
         metrics = trainer.train()
-    except ResumeError as e:  # a message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
+    except (ConfigError, DataError, ResumeError) as e:
+        return _user_error(str(e))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        return _user_error(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - every other failure: a message, the traceback in the log
         if not is_collective_failure(e):
-            raise
-        traceback.print_exc()
-        print(f"\nerror: {_collective_failure_message(cfg, e)}", file=sys.stderr, flush=True)
+            return _runtime_error(e, log_file)
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(e)))
+        print(f"\nerror: {_collective_failure_message(cfg, e)} (traceback in {log_file})", file=sys.stderr, flush=True)
         os._exit(1)  # skip interpreter teardown: it can block on the broken process group
     try:
-        return _report_end(cfg, trainer, metrics)
+        return _report_end(cfg, trainer, metrics, log_file)
     finally:
         shutdown_distributed()
 
 
-def _report_end(cfg, trainer, metrics: dict) -> int:
+def _report_end(cfg, trainer, metrics: dict, log_file: str | None = None) -> int:
     """What the main process prints at the end of a run; the exit code (0, or 128 + signal when stopped)."""
     from rlvr.distributed import report_stop
 
@@ -81,10 +193,13 @@ def _report_end(cfg, trainer, metrics: dict) -> int:
         # An orderly stop, but not a finished run: exit like a process ended by that signal.
         return 128 + int(getattr(signal, trainer.stopped_by))
     if acc.is_main_process:
-        print(f"\nfinished {cfg.trainer.max_steps} steps; last reward/mean {metrics.get('reward/mean', float('nan')):.3f}")
+        last = metrics.get("reward/mean")
+        print(f"\nfinished {cfg.trainer.max_steps} steps" + (f"; last reward/mean {last:.3f}" if last is not None else ""))
         print(f"metrics: {os.path.join(out, 'metrics.jsonl')}")
         if cfg.checkpoint.save_final_model:
             print(f"final model: {os.path.join(out, 'final')}")
+        if log_file:
+            print(f"log: {os.path.abspath(log_file)}")
         from rlvr.metrics import run_summary
         from rlvr.plot import plot_run
 

@@ -8,6 +8,7 @@ where the value came from; `validate` runs cross-field checks before any model i
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import types
@@ -170,6 +171,9 @@ class CheckpointConfig:
     every_steps: int = 0  # save every N RL steps; 0 = only at the end
     keep_last: int = 2  # number of recent checkpoints kept on disk
     save_final_model: bool = True  # also save the final model in Hugging Face format
+    # resume=auto/PATH with a config that changes what the run means (model, data, algorithm,
+    # batch shape, lr schedule; see rlvr.checkpoint.SAFE_RESUME_CHANGES) is refused unless true
+    allow_resume_changes: bool = False
 
 
 @dataclass
@@ -190,7 +194,8 @@ class LogConfig:
     run_name: str | None = None  # wandb run name; None = derived from output_dir
     tags: list[str] = field(default_factory=list)  # wandb tags
     group: str | None = None  # wandb group
-    progress_bar: bool = True  # show a progress bar on the main process
+    progress_bar: bool = True  # a progress bar on a terminal; plain lines with ETA when the console is a file
+    print_every: int = 0  # steps between plain progress lines (console not a terminal); 0 = about 20 per run
     samples_every: int = 50  # a page of rollouts (samples/step_N.html) and a wandb table every N steps and at step 1; 0 = off
     samples_per_step: int = 4  # rollouts on each samples page
     plots: bool = True  # write <output_dir>/plots/*.png at each evaluation and at the end
@@ -270,6 +275,121 @@ def all_keys() -> list[str]:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain nested dicts and lists, in field order."""
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- help text
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's comment in this file: the comment lines just above it and its trailing comment.
+
+    The comments next to the dataclass fields are the one source of the keys' help text
+    (``launch/train.py --help-config``); a test checks that every key has one.
+    """
+    import inspect
+    import io
+    import tokenize
+
+    lines, _ = inspect.getsourcelines(cls)
+    comments: dict[int, str] = {}  # line index -> comment text
+    whole_line: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO("".join(lines)).readline):
+        if tok.type == tokenize.COMMENT:
+            row = tok.start[0] - 1
+            comments[row] = tok.string.lstrip("#").strip()
+            if not lines[row][: tok.start[1]].strip():
+                whole_line.add(row)
+    starts = {}  # field name -> first line index
+    for i, line in enumerate(lines):
+        m = re.match(r"    (\w+)\s*:", line)
+        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            starts[m.group(1)] = i
+    order = sorted(starts.items(), key=lambda kv: kv[1])
+    out = {}
+    for k, (name, first) in enumerate(order):
+        end = order[k + 1][1] if k + 1 < len(order) else len(lines)
+        above, j = [], first - 1
+        while j >= 0 and j in whole_line:
+            above.insert(0, comments[j])
+            j -= 1
+        trailing = [comments[i] for i in range(first, end) if i in comments and i not in whole_line]
+        out[name] = " ".join(above + trailing)
+    return out
+
+
+def _sections() -> dict[str, type]:
+    """'' (top-level keys) and every section's dotted name -> its dataclass."""
+    out: dict[str, type] = {"": Config}
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            tp = _hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                out[_join(prefix, f.name)] = tp
+                walk(tp, _join(prefix, f.name))
+
+    walk(Config, "")
+    return out
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            value = [dataclasses.asdict(v) for v in value]
+    else:
+        return "(required)"
+    if value is None or isinstance(value, bool):
+        text = {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value if value.strip() and value.isprintable() else json.dumps(value)
+    else:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def help_config(section: str | None = None, width: int = 100) -> str:
+    """Keys with their defaults and help, for ``launch/train.py --help-config [section]``.
+
+    ``section`` is a section ('trainer', 'model.lora') or a key ('trainer.lr'); None = all.
+    Raises ConfigError for a name that is neither.
+    """
+    import textwrap
+
+    sections = _sections()
+    keys = all_keys()
+    if section is not None and section not in sections and section not in keys:
+        near = difflib.get_close_matches(section, [s for s in sections if s] + keys, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ConfigError(f"--help-config: no section or key {section!r}.{hint} Sections: "
+                          f"{', '.join(s for s in sections if s)}.")
+    out = []
+    for name, cls in sections.items():
+        if section is not None and not (name == section or name.startswith(section + ".")
+                                        or section.rsplit(".", 1)[0] == name and section in keys):
+            continue
+        helps, rows = field_help(cls), []
+        for f in dataclasses.fields(cls):
+            key = _join(name, f.name)
+            if dataclasses.is_dataclass(_hints(cls)[f.name]):
+                continue
+            if section is not None and section in keys and key != section:
+                continue
+            rows.append((f"{key} = {_default_text(f)}", helps.get(f.name, "")))
+        if not rows:
+            continue
+        out.append(f"{name or 'top level'}:")
+        for left, text in rows:
+            out.append(f"  {left}")
+            out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ",
+                                 break_on_hyphens=False, break_long_words=False)
+        out.append("")
+    out.append("Set any key in a recipe YAML or on the command line, e.g. trainer.lr=1e-6.")
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- merging
@@ -501,16 +621,16 @@ def parse_cli(argv: Sequence[str]) -> tuple[str | None, list[str]]:
             if path is not None:
                 raise ConfigError("--config was given twice; pass one recipe and change the rest with key=value.")
             if arg == "--config" and (not args or args[0].startswith("-")):
-                raise ConfigError("--config needs a path, e.g. --config recipes/sapo.yaml.")
+                raise ConfigError("--config needs a path, e.g. --config recipes/demo.yaml.")
             path = args.pop(0) if arg == "--config" else arg.split("=", 1)[1]
             if not path:
-                raise ConfigError("--config needs a path, e.g. --config=recipes/sapo.yaml.")
+                raise ConfigError("--config needs a path, e.g. --config=recipes/demo.yaml.")
         elif "=" in arg and not arg.startswith("-"):
             overrides.append(arg)
         else:
             raise ConfigError(
                 f"Unrecognised command-line argument {arg!r}. Expected --config PATH and key=value "
-                "overrides, e.g. --config recipes/sapo.yaml trainer.lr=1e-6 rollout.group_size=8."
+                "overrides, e.g. --config recipes/demo.yaml trainer.lr=1e-6 rollout.group_size=8."
             )
     return path, overrides
 
@@ -551,8 +671,38 @@ def _divisors_near(n: int, target: int, k: int = 5) -> list[int]:
     return sorted(sorted(divs, key=lambda d: abs(d - target))[:k])
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks, run before any model loads; raises one ConfigError listing every problem."""
+def process_problems(cfg: Config, num_processes: int) -> list[str]:
+    """How the rollout batch splits over ``num_processes`` ranks: what does not divide (empty = fine).
+
+    The same rule training applies (``rlvr.trainer.micro_batching``), so ``rlvr.validate
+    --num-processes N`` fails exactly where an N-process run would stop.
+    """
+    t, g, world = cfg.trainer, cfg.rollout.group_size, num_processes
+    if min(t.prompts_per_step, t.num_minibatches, t.micro_batch_size, g, world) < 1:
+        return []  # reported by the single-field checks
+    if t.prompts_per_step % world:
+        near = sorted({max(world, t.prompts_per_step // world * world), -(-t.prompts_per_step // world) * world})
+        return [f"trainer.prompts_per_step={t.prompts_per_step} does not divide among {world} processes; use a "
+                f"multiple of {world} so every rank gets the same number of prompts, e.g. trainer.prompts_per_step "
+                f"in {near}."]
+    local = t.prompts_per_step // world * g  # sequences per rank per step
+    size = 1 if t.micro_batch_tokens is not None else t.micro_batch_size
+    if local % (t.num_minibatches * size):
+        what = f"trainer.num_minibatches={t.num_minibatches}"
+        fix = f"pick a num_minibatches that divides {local}"
+        if size > 1:
+            what += f" x trainer.micro_batch_size={size}"
+            fix = f"pick a micro_batch_size that divides {local // t.num_minibatches}"
+        return [f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} sequences "
+                f"per step, which {what} does not divide; {fix}"]
+    return []
+
+
+def validate(cfg: Config, num_processes: int = 1) -> None:
+    """Cross-field checks, run before any model loads; raises one ConfigError listing every problem.
+
+    ``num_processes``: the ranks the run will have; the batch must split evenly over them.
+    """
     m, d, r, rw, a, t, c = cfg.model, cfg.data, cfg.rollout, cfg.reward, cfg.algorithm, cfg.trainer, cfg.checkpoint
     problems: list[str] = []
 
@@ -654,6 +804,9 @@ def validate(cfg: Config) -> None:
     check(e.max_new_tokens is None or e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1, or null.")
     check(cfg.log.samples_every >= 0 and cfg.log.samples_per_step >= 0, "log.samples_every and log.samples_per_step "
           "must be >= 0 (0 turns the samples pages off).")
+    check(cfg.log.print_every >= 0, f"log.print_every={cfg.log.print_every} must be >= 0 (0 = about 20 lines per run).")
+    if not problems:  # the per-rank split, once the global batch itself is sound
+        problems += process_problems(cfg, num_processes)
     if problems:
         lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
         raise ConfigError(f"Invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")

@@ -110,23 +110,37 @@ def _detect_format(path: str) -> str:
     )
 
 
+def _jsonl_row(raw: bytes, lineno: int) -> dict | None:
+    """One JSONL line as a row; a bad line becomes ``{"__error__": why, "__reason__": counted as}``."""
+    try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        return {"__error__": f"line is not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+                             "line); re-encode the file as UTF-8", "__reason__": "not_utf8"}
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line.rstrip("\r\n"))
+    except json.JSONDecodeError as e:
+        # json's messages end in "... starting at" for some errors: say the column once
+        at = "" if e.msg.endswith(" at") else " at"
+        return {"__error__": f"invalid JSON ({e.msg}{at} column {e.colno})", "__reason__": "bad_json"}
+    if not isinstance(row, dict):
+        return {"__error__": f"line is a JSON {type(row).__name__}, not an object", "__reason__": "bad_json"}
+    return row
+
+
 def read_rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, dict]]:
     """Yield (location, row) pairs; location is ``file:line`` or ``dataset[index]`` for messages."""
     fmt = _detect_format(path) if fmt == "auto" else fmt
     if fmt == "jsonl":
         if not os.path.isfile(path):
             raise DataError(f"data file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    row = {"__error__": f"invalid JSON ({e.msg} at column {e.colno})"}
-                if not isinstance(row, dict):
-                    row = {"__error__": "line is not a JSON object"}
-                yield f"{path}:{lineno}", row
+        with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is one bad row, not a bad file
+            for lineno, raw in enumerate(f, 1):
+                row = _jsonl_row(raw, lineno)
+                if row is not None:  # blank lines are not rows
+                    yield f"{path}:{lineno}", row
         return
     import datasets
 
@@ -225,17 +239,30 @@ def prompt_text(example: Example, processor, cfg: DataConfig) -> str:
 # --------------------------------------------------------------------------- checking
 
 
+def no_question(row: dict, cfg: DataConfig) -> str:
+    """Why a row has no question, naming the column looked for and the columns the row has."""
+    key = cfg.question_key
+    if key in row:
+        value = row[key]
+        what = "is empty" if isinstance(value, str) or value is None else f"holds a {type(value).__name__}, not text"
+        return f"column {key!r} (data.question_key) {what}"
+    columns = [k for k in row if not k.startswith("__")]
+    texts = [k for k in columns if isinstance(row[k], str) and k not in (cfg.answer_key, cfg.id_key, cfg.source_key)]
+    hint = f"; if the question is in {texts[0]!r}, set data.question_key={texts[0]}" if texts else ""
+    return f"no column {key!r} (data.question_key); the row has {columns}{hint}"
+
+
 def _check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -> Example:
     """Return the checked Example, or raise RowError."""
     from rlvr.rewards import GoldParseError, parse_gold
 
     row_id = str(row.get(cfg.id_key) if row.get(cfg.id_key) is not None else loc)
-    where = f"{loc} (id {row_id})"
+    where = f"{loc} (id {row_id})" if row.get(cfg.id_key) is not None else loc  # a row without an id: its line
     if "__error__" in row:
-        raise RowError("bad_json", f"{where}: {row['__error__']}")
+        raise RowError(row.get("__reason__", "bad_json"), f"{where}: {row['__error__']}")
     question = row.get(cfg.question_key)
     if not isinstance(question, str) or not question.strip():
-        raise RowError("empty_question", f"{where}: no question text in column {cfg.question_key!r}")
+        raise RowError("empty_question", f"{where}: {no_question(row, cfg)}")
     answer = row.get(cfg.answer_key)
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         raise RowError("bad_gold", f"{where}: no gold answer in column {cfg.answer_key!r}")
@@ -243,7 +270,7 @@ def _check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -
     try:
         gold = parse_gold(answer)
     except GoldParseError as e:
-        raise RowError("bad_gold", f"{where}: gold answer {answer!r} is not a number ({e})") from None
+        raise RowError("bad_gold", f"{where}: {e}") from None  # e quotes the gold and says why
     images = _image_refs(row, cfg, base_dir)
     n_tokens = 0
     for ref in images:

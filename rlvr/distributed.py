@@ -13,8 +13,9 @@
   the update. With ``rollout.zero3_gather_weights`` (default) the full weights are gathered
   once for the whole rollout and DeepSpeed's per-module hooks are lifted meanwhile; the
   price is the model's full 16-bit size on every GPU during generation.
-- ``StopSignal``: SIGUSR1 (SLURM's warning before the time limit) and SIGTERM set a flag;
-  the trainer checks it at step boundaries (``StopSignal.agree``), checkpoints and exits.
+- ``StopSignal``: SIGUSR1 (SLURM's warning before the time limit), SIGTERM and a first
+  SIGINT (Ctrl-C) set a flag; the trainer checks it at step boundaries (``StopSignal.agree``),
+  checkpoints and exits. A second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -96,12 +97,23 @@ def configure_deepspeed(accelerator, micro_batch_size: int, accumulation_steps: 
 def generation_model(accelerator, prepared, gather: bool = True):
     """Yield ``(module, synced_gpus)`` for generating with the prepared model's inner module.
 
+    The precision is the training forward's: the accelerator's autocast without DeepSpeed
+    (DeepSpeed holds the 16-bit weights themselves).
+
     Under ZeRO-3 with ``gather``: full weights on every rank, DeepSpeed hooks lifted, no
     per-token synchronisation between ranks. Under ZeRO-3 without: partitioned weights,
     and ``synced_gpus=True`` keeps every rank stepping until all are done, because each
     forward is a collective. Otherwise the module as is.
     """
     module = accelerator.unwrap_model(prepared)
+    if not is_deepspeed(accelerator) and accelerator.mixed_precision != "no":
+        # Without DeepSpeed the weights stay fp32 and the training forward runs under the
+        # accelerator's autocast (accelerate wraps the prepared model's forward); generate
+        # on the unwrapped module must run under the same autocast, or the policy that
+        # samples is not the one whose log-probs the update computes.
+        with accelerator.autocast():
+            yield module, None
+        return
     if zero_stage(accelerator) != 3:
         yield module, None
         return
@@ -192,14 +204,20 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 class StopSignal:
-    """Remembers SIGUSR1 / SIGTERM so the trainer can stop at the next step boundary.
+    """Remembers SIGUSR1 / SIGTERM / SIGINT so the trainer can stop at the next step boundary.
 
     The handler only sets a flag: a checkpoint needs every rank at the same point, which
     only the training loop knows. ``received`` names the first signal (e.g. "SIGUSR1").
+    Ctrl-C is the first SIGINT: treated like SIGTERM (checkpoint, then stop); a second SIGINT
+    means "now": the process exits at once with 128 + SIGINT, without a checkpoint (the last
+    complete one stays; checkpoints are written atomically). Under ``accelerate launch`` a
+    terminal's Ctrl-C reaches every rank, and the launcher also sends SIGTERM to its workers
+    after its own SIGINT; the first signal counts, so both read as one stop request.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-    CODES = {None: 0, "SIGTERM": 1, "SIGUSR1": 2}  # ranks agree on the largest: SIGUSR1 wins (requeue)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    # ranks agree on the largest: SIGUSR1 wins (requeue), then SIGTERM, then SIGINT
+    CODES = {None: 0, "SIGINT": 1, "SIGTERM": 2, "SIGUSR1": 3}
 
     def __init__(self):
         self.received: str | None = None
@@ -211,9 +229,15 @@ class StopSignal:
         return {v: k for k, v in self.CODES.items()}[code]
 
     def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is None:
-            self.received = signal.Signals(signum).name
-            os.write(2, f"rlvr: got {self.received}; will checkpoint at the end of this step and stop\n".encode())
+            self.received = name
+            again = "; press Ctrl-C again to abort without one" if name == "SIGINT" else ""
+            os.write(2, f"rlvr: got {name}; will checkpoint at the end of this step and stop{again}\n".encode())
+        elif name == "SIGINT":
+            os.write(2, b"rlvr: second SIGINT; aborting now, without a checkpoint (the newest complete one stays; "
+                        b"continue with the same command and resume=auto)\n")
+            os._exit(128 + signal.SIGINT)
 
     def install(self) -> "StopSignal":
         for sig in self.SIGNALS:

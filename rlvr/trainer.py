@@ -26,8 +26,8 @@ import time
 import torch
 
 from rlvr.advantages import group_advantages
-from rlvr.checkpoint import (ResumeError, install_hooks, load_checkpoint, resolve_resume, save_checkpoint,
-                             truncate_run_logs)
+from rlvr.checkpoint import (ResumeError, ResumePlan, install_hooks, load_checkpoint, plan_resume, resumed_config_name,
+                             save_checkpoint, truncate_run_logs)
 from rlvr.config import Config, save_config
 from rlvr.data import EpochSampler, load_examples
 from rlvr.evaluate import Evaluator
@@ -44,18 +44,54 @@ from rlvr.update import PolicyLogprobs, PolicyUpdate
 logger = logging.getLogger(__name__)
 
 
-def lr_lambda(cfg: Config, total_steps: int):
-    t = cfg.trainer
+class LRSchedule:
+    """The learning-rate multiplier at optimizer step k (0-based): linear warmup over
+    ``trainer.warmup_steps``, then constant or a cosine from 1 down to ``trainer.min_lr_ratio``
+    at the last step. ``LambdaLR`` calls it.
 
-    def factor(step: int) -> float:
-        if step < t.warmup_steps:
-            return (step + 1) / (t.warmup_steps + 1)
-        if t.lr_schedule == "constant":
+    Continuity on resume: a resumed run whose length changed (``trainer.max_steps`` raised or
+    lowered) keeps the learning rate it had and anneals the rest of the way over the new
+    remaining steps. The cosine is a function of progress p in [0, 1]; at the resume step s0
+    the old schedule had reached p0, and from there p goes linearly from p0 to 1 over steps
+    s0 .. new total: lr(s0) is unchanged, the shape stays a cosine's tail, and the run still
+    ends at the floor. So a finished run extended further trains its extra steps at the floor
+    (p0 = 1): the learning rate never jumps back up. Resuming with the same length changes
+    nothing. The anchor (s0, p0) is saved in every checkpoint, so a second extension composes.
+    """
+
+    def __init__(self, schedule: str, warmup: int, min_ratio: float, total: int):
+        self.schedule, self.warmup, self.min_ratio, self.total = schedule, warmup, min_ratio, total
+        self.anchor: tuple[int, float] | None = None  # (optimizer step, cosine progress there)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "LRSchedule":
+        t = cfg.trainer
+        return cls(t.lr_schedule, t.warmup_steps, t.min_lr_ratio, t.max_steps * t.num_minibatches)
+
+    def progress(self, step: int) -> float:
+        if self.anchor is not None and step >= self.anchor[0]:
+            s0, p0 = self.anchor
+            return min(1.0, p0 + (1 - p0) * (step - s0) / max(1, self.total - s0))
+        return min(1.0, max(0.0, (step - self.warmup) / max(1, self.total - self.warmup)))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
-        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
 
-    return factor
+    def state_dict(self) -> dict:
+        return {"total": self.total, "anchor": list(self.anchor) if self.anchor else None}
+
+    def resume(self, saved: dict, step: int) -> None:
+        """Continue the schedule ``saved`` (a ``state_dict``) from optimizer step ``step``."""
+        old = LRSchedule(self.schedule, self.warmup, self.min_ratio, int(saved["total"]))
+        old.anchor = tuple(saved["anchor"]) if saved.get("anchor") else None
+        if old.total == self.total or step <= self.warmup:
+            self.anchor = old.anchor  # same length, or still warming up: the schedules agree from here
+        else:
+            self.anchor = (step, old.progress(step))
 
 
 def reward_columns(examples) -> dict[str, list]:
@@ -76,20 +112,14 @@ def micro_batching(cfg: Config, world: int) -> tuple[int, int]:
     right number of samples per optimizer step. Nothing depends on the count it holds:
     ``rlvr.update`` sets accelerate's accumulation steps per minibatch and scales the loss itself.
     """
+    from rlvr.config import ConfigError, process_problems
+
+    problems = process_problems(cfg, world)  # the rule rlvr.validate --num-processes checks
+    if problems:
+        raise ConfigError(problems[0])
     t, g = cfg.trainer, cfg.rollout.group_size
-    if t.prompts_per_step % world:
-        raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} does not divide among {world} processes; "
-                         f"use a multiple of {world} so every rank gets the same number of prompts")
     local = t.prompts_per_step // world * g  # sequences per rank per step
     size = 1 if t.micro_batch_tokens is not None else t.micro_batch_size
-    if local % (t.num_minibatches * size):
-        what = f"trainer.num_minibatches={t.num_minibatches}"
-        fix = f"pick a num_minibatches that divides {local}"
-        if size > 1:
-            what += f" x trainer.micro_batch_size={size}"
-            fix = f"pick a micro_batch_size that divides {local // t.num_minibatches}"
-        raise ValueError(f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} "
-                         f"sequences per step, which {what} does not divide; {fix}")
     return size, local // t.num_minibatches // size
 
 
@@ -112,14 +142,20 @@ class Trainer:
         self.signals = StopSignal().install()
         mixed = "bf16" if m.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = acc = make_accelerator(t.collective_timeout_s, mixed)
-        resume_from = self._resume_decision()
+        self.resume_plan = plan = self._resume_decision()
+        resume_from = plan.checkpoint
         micro, gas = micro_batching(cfg, acc.num_processes)
         acc.gradient_accumulation_steps = gas  # as in the DeepSpeed config; rlvr.update sets it per minibatch
         configure_deepspeed(acc, micro, gas, t.max_grad_norm, _hidden_size(m.name_or_path, m.trust_remote_code))
         set_seed(t.seed, device_specific=True)
         if acc.is_main_process:
             os.makedirs(cfg.output_dir, exist_ok=True)
-            save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+            if plan.checkpoint is None or plan.compared_with is None:
+                save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+            elif plan.changes:  # config.yaml stays the config the run started with
+                save_config(cfg, os.path.join(cfg.output_dir, resumed_config_name(plan.step)))
+            if plan.checkpoint is not None:
+                logger.info("resume=%s %s", cfg.resume, plan.describe())
         logger.info(describe_ranks(acc))
 
         self.processor = load_processor(m.name_or_path, cfg.data.min_pixels, cfg.data.max_pixels)
@@ -140,8 +176,10 @@ class Trainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
                                       weight_decay=t.weight_decay)
-        total_optim_steps = t.max_steps * t.num_minibatches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_optim_steps))
+        self.lr_schedule = LRSchedule.from_config(cfg)
+        # A plain function, so LambdaLR's checkpoint does not carry the schedule's fields: the
+        # trainer state does, and the resumed run's own config decides (see LRSchedule.resume).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: self.lr_schedule(k))
         self.model, self.optimizer = acc.prepare(PolicyLogprobs(policy), optimizer)
         acc.register_for_checkpointing(self.scheduler)
         install_hooks(acc, self.model)
@@ -157,25 +195,41 @@ class Trainer:
             state = load_checkpoint(acc, resume_from)
             self.start_step, self.wandb_id = state["step"], state.get("wandb_id")
             self.sampler.load_state_dict(state["sampler"])
+            self._continue_lr_schedule(state.get("lr_schedule"), plan)
         if cfg.resume is not None and acc.is_main_process:
             truncate_run_logs(cfg.output_dir, self.start_step)
         acc.wait_for_everyone()
 
-    def _resume_decision(self) -> str | None:
-        """The checkpoint to start from: decided once, by the main process, before anything is written."""
+    def _resume_decision(self) -> ResumePlan:
+        """The checkpoint to start from and the config changes since: decided once, by the main
+        process, before anything is written; changes that alter the run's meaning are refused."""
         from accelerate.utils import broadcast_object_list
 
         acc, decision = self.accelerator, [None, None]
         if acc.is_main_process:
             try:
-                decision[0] = resolve_resume(self.cfg.output_dir, self.cfg.resume)
+                decision[0] = plan_resume(self.cfg)
             except ResumeError as e:
                 decision[1] = str(e)
         if acc.num_processes > 1:
             decision = broadcast_object_list(decision)
         if decision[1] is not None:
             raise ResumeError(decision[1])
-        return decision[0]
+        plan = decision[0]
+        if plan.refused and not plan.allowed:
+            raise ResumeError(f"resume={self.cfg.resume} {plan.describe()}")
+        return plan
+
+    def _continue_lr_schedule(self, saved: dict | None, plan: ResumePlan) -> None:
+        """Keep the learning rate continuous when the resumed run's length differs (LRSchedule.resume)."""
+        t = self.cfg.trainer
+        if saved is None and plan.compared_with is not None:  # a checkpoint from before schedules were saved
+            from rlvr.config import load_config
+
+            before = load_config(plan.compared_with).trainer
+            saved = {"total": before.max_steps * before.num_minibatches, "anchor": None}
+        if saved is not None:
+            self.lr_schedule.resume(saved, self.start_step * t.num_minibatches)
 
     def _load_base(self):
         m = self.cfg.model
@@ -267,7 +321,8 @@ class Trainer:
 
     def trainer_state(self, step: int, tracker: Tracker) -> dict:
         return {"step": step, "sampler": self.sampler.state_dict(), "wandb_id": tracker.wandb_id,
-                "world_size": self.accelerator.num_processes, "model": self.cfg.model.name_or_path}
+                "world_size": self.accelerator.num_processes, "model": self.cfg.model.name_or_path,
+                "lr_schedule": self.lr_schedule.state_dict()}
 
     def _log_prompts(self, step: int, indices: list[int], mine: list[int]) -> None:
         """Which prompts each step used, and which rank sampled each (``prompts.jsonl``)."""

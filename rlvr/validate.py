@@ -72,9 +72,12 @@ class Report:
             lines.append(section)
             for c in checks:
                 first, *rest = c.message.split("\n")
-                wrapped = textwrap.wrap(first, width - 8) or [""]
+                # never break inside a flag, a key or a path (--allow-skipped, data/x-y.jsonl)
+                keep = {"break_on_hyphens": False, "break_long_words": False}
+                wrapped = textwrap.wrap(first, width - 8, **keep) or [""]
                 for extra in rest:
-                    wrapped += textwrap.wrap(extra, width - 10, initial_indent="  ", subsequent_indent="    ") or [""]
+                    wrapped += textwrap.wrap(extra, width - 10, initial_indent="  ", subsequent_indent="    ",
+                                             **keep) or [""]
                 lines.append(f"  {c.status:<5} {wrapped[0]}")
                 lines.extend(f"        {w}" for w in wrapped[1:])
             lines.append("")
@@ -108,11 +111,24 @@ def _brief(e: BaseException, limit: int = 600) -> str:
 
 
 def check_output_dir(cfg, report: Report) -> None:
+    """What training will do with output_dir and ``resume``: the decision training makes (``plan_resume``)."""
+    from rlvr.checkpoint import ResumeError, plan_resume
+
     section = "Config"
     out = cfg.output_dir
-    if os.path.exists(os.path.join(out, "metrics.jsonl")):
-        report.add(section, FAIL, f"output_dir={out} already holds a run (metrics.jsonl); training refuses to mix "
-                                  "two runs. Choose a new output_dir, e.g. output_dir=runs/NAME-2.")
+    try:
+        plan = plan_resume(cfg)
+    except ResumeError as e:
+        report.add(section, FAIL, str(e))
+        return
+    if plan.checkpoint is not None:
+        if plan.finished:
+            status = WARN
+        elif plan.refused and not plan.allowed:
+            status = FAIL
+        else:
+            status = OK
+        report.add(section, status, f"resume={cfg.resume} {plan.describe()}")
         return
     parent = os.path.abspath(out)
     while not os.path.exists(parent):
@@ -287,23 +303,23 @@ class DataStats:
 
 def _light_check(loc: str, row: dict, cfg, base_dir: str):
     """Row checks that need no processor (used when the processor could not be loaded)."""
-    from rlvr.data import RowError, _image_refs
+    from rlvr.data import RowError, _image_refs, no_question
     from rlvr.rewards import GoldParseError, parse_gold
 
     row_id = row.get(cfg.id_key, loc)
-    where = f"{loc} (id {row_id})"
+    where = f"{loc} (id {row_id})" if row.get(cfg.id_key) is not None else loc  # a row without an id: its line
     if "__error__" in row:
-        raise RowError("bad_json", f"{where}: {row['__error__']}")
+        raise RowError(row.get("__reason__", "bad_json"), f"{where}: {row['__error__']}")
     q = row.get(cfg.question_key)
     if not isinstance(q, str) or not q.strip():
-        raise RowError("empty_question", f"{where}: no question text in column {cfg.question_key!r}")
+        raise RowError("empty_question", f"{where}: {no_question(row, cfg)}")
     answer = row.get(cfg.answer_key)
     if answer is None or not str(answer).strip():
         raise RowError("bad_gold", f"{where}: no gold answer in column {cfg.answer_key!r}")
     try:
         parse_gold(str(answer))
     except GoldParseError as e:
-        raise RowError("bad_gold", f"{where}: gold answer {str(answer)!r} is not a number ({e})") from None
+        raise RowError("bad_gold", f"{where}: {e}") from None  # e quotes the gold and says why
     for ref in _image_refs(row, cfg, base_dir):
         if isinstance(ref, str) and not os.path.isfile(ref):
             raise RowError("missing_image", f"{where}: image file not found: {ref}")
@@ -444,6 +460,7 @@ def count_parameters(config, freeze_vision_tower: bool, lora_rank: int, lora_tar
 
     with init_empty_weights():
         model = AutoModelForImageTextToText.from_config(config)
+    model.tie_weights()  # weights on the meta device are not tied by from_config: a tied head counts once
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in vision_tower(model).parameters())
     if lora_rank <= 0:
@@ -587,6 +604,18 @@ def _environment_defaults() -> tuple[int, int, float | None]:
     return world, stage, memory
 
 
+def _default_accelerate_processes() -> int | None:
+    """num_processes of accelerate's default config (``accelerate config``), if there is one."""
+    home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+    path = os.path.join(home, "accelerate", "default_config.yaml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _accelerate_file(path)[0]
+    except (OSError, ValueError):
+        return None
+
+
 def _accelerate_file(path: str) -> tuple[int | None, int | None, tuple[bool, bool]]:
     """(num_processes, zero_stage, (optimizer offloaded, weights offloaded)) from an accelerate config YAML."""
     import yaml
@@ -633,7 +662,11 @@ def validate_setup(config_path: str | None, overrides: list[str], max_rows: int 
                    allow_skipped: float = 0.0, num_gpus: int | None = None, zero_stage: int | None = None,
                    lora_rank: int | None = None, gpu_memory_gb: float | None = None,
                    offload: tuple[bool, bool] | None = None) -> Report:
-    """Every check, in order; the report of ``python -m rlvr.validate``."""
+    """Every check, in order; the report of ``python -m rlvr.validate``.
+
+    ``num_gpus``: the processes the run will have (default: the launcher's environment, else 1);
+    the config checks are training's own for that many processes.
+    """
     from rlvr.config import ConfigError, load_config, validate
 
     shown = config_path or "defaults"
@@ -646,13 +679,16 @@ def validate_setup(config_path: str | None, overrides: list[str], max_rows: int 
     except OSError as e:
         report.add("Config", FAIL, f"cannot read {config_path}: {_brief(e)}")
         return report
-    try:
-        validate(cfg)
-        report.add("Config", OK, "resolves and passes the cross-field checks")
-    except ConfigError as e:
-        report.add("Config", FAIL, str(e))
-    check_output_dir(cfg, report)
     env_gpus, env_stage, env_memory = _environment_defaults()
+    processes = num_gpus or env_gpus
+    try:
+        validate(cfg, num_processes=processes)
+        report.add("Config", OK, f"resolves and passes the cross-field checks for {processes} process"
+                                 f"{'es' * (processes > 1)}")
+    except ConfigError as e:
+        report.add("Config", FAIL, f"{e}\n(checked for {processes} process{'es' * (processes > 1)}; "
+                                   "set the count with --num-processes)")
+    check_output_dir(cfg, report)
     check_rewards(cfg, report)
     processor, config = open_model(cfg, report)
     if processor is not None and config is not None:
@@ -674,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=None, help="check only the first N rows of each data file")
     p.add_argument("--allow-skipped", type=float, default=0.0, metavar="SHARE",
                    help="accept up to this share of skipped rows per file as a warning (default 0: any is a problem)")
-    p.add_argument("--num-gpus", type=int, default=None, help="GPUs of the run (default: WORLD_SIZE or 1)")
+    p.add_argument("--num-processes", "--num-gpus", dest="num_gpus", type=int, default=None,
+                   help="processes (GPUs) of the run; the batch must split evenly over them (default: WORLD_SIZE, "
+                        "else --accelerate-config's or accelerate's default config's num_processes, else 1)")
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
                    help="DeepSpeed ZeRO stage, 0 = none (default: from the accelerate environment)")
     p.add_argument("--accelerate-config", help="accelerate config YAML to take num_processes and zero_stage from")
@@ -694,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--accelerate-config {args.accelerate_config}: {e}")
         num_gpus = num_gpus or procs
         zero_stage = zero_stage if zero_stage is not None else stage
+    elif num_gpus is None and "WORLD_SIZE" not in os.environ:
+        num_gpus = _default_accelerate_processes()
+    if num_gpus is not None and num_gpus < 1:
+        p.error(f"--num-processes {num_gpus}: must be >= 1")
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the report says it all; rlvr.data's skip warnings would repeat it

@@ -370,3 +370,49 @@ def test_flash_attention_needs_its_package(monkeypatch):
         validate(cfg)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
     validate(cfg)
+
+
+# ---------------------------------------------------------------- the process count
+
+
+def test_validate_checks_the_split_over_processes():
+    """prompts_per_step=3 is fine alone and on 3 processes, wrong on 2: validate says so before any model loads."""
+    cfg = load_config(None, VALID + ["trainer.prompts_per_step=3", "rollout.group_size=4", "trainer.micro_batch_size=4"])
+    validate(cfg)
+    validate(cfg, num_processes=3)  # 1 prompt x 4 = 4 sequences per rank: one micro-batch of 4
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, num_processes=2)
+    assert "1. trainer.prompts_per_step=3 does not divide among 2 processes" in str(e.value)
+    assert "trainer.prompts_per_step in [2, 4]" in str(e.value)
+    # divides, but each rank's 2 prompts x 4 = 8 sequences do not fill micro-batches of 3
+    cfg = load_config(None, VALID + ["trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.micro_batch_size=16"])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"each of the 2 processes gets 2 prompts x 4 = 8 sequences per step, which "
+                                          r"trainer.num_minibatches=1 x trainer.micro_batch_size=16 does not divide"):
+        validate(cfg, num_processes=2)
+
+
+# ---------------------------------------------------------------- help text
+
+
+def test_every_key_has_help_text_and_help_config_shows_defaults():
+    from rlvr.config import _join, _sections, field_help, help_config
+
+    for name, cls in _sections().items():
+        helps = field_help(cls)
+        for f in dataclasses.fields(cls):
+            if _join(name, f.name) in _sections():
+                continue  # a section, not a key
+            assert helps.get(f.name, "").strip(), f"{name}.{f.name} has no comment to show in --help-config"
+    text = help_config("trainer")
+    assert "  trainer.lr = 1e-06\n      peak learning rate\n" in text
+    assert "  trainer.micro_batch_tokens = null\n      Token budget per forward/backward" in text
+    assert "data.question_key" not in text
+    assert help_config("data.question_key").splitlines()[:3] == [
+        "data:", "  data.question_key = question", "      row column holding the question text"]
+    assert "model.lora.rank = 0" in help_config("model")  # a section includes its subsections
+    assert '  reward.functions = [{name: \'rlvr.rewards:numeric_reward\', weight: 1.0}]' in help_config("reward")
+    everything = help_config()
+    assert all(f"  {k} = " in everything for k in all_keys())
+    with pytest.raises(ConfigError, match="no section or key 'trainr'. Did you mean 'trainer'"):
+        help_config("trainr")

@@ -136,3 +136,43 @@ def test_epoch_sampler_uses_each_prompt_once_per_epoch_and_resumes():
     t.load_state_dict(state)
     assert t.take(6) == rest
     assert EpochSampler(10, seed=3, shuffle=False).take(3) == [0, 1, 2]
+
+
+def test_a_line_that_is_not_utf8_is_one_counted_bad_row(tmp_path, processor):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"id": "a", "question": "What is 2+2?", "answer": "4"}).encode()
+    latin1 = '{"id": "b", "question": "Combien font 2+2 ? (r\xe9ponse)", "answer": "4"}'.encode("latin-1")
+    path.write_bytes(good + b"\n" + latin1 + b"\n" + good.replace(b'"a"', b'"c"') + b"\n")
+    examples, report = load_examples([str(path)], DataConfig(), processor)
+    assert [e.id for e in examples] == ["a", "c"]
+    assert dict(report.reasons) == {"not_utf8": 1}
+    assert report.first == [f"{path}:2: line is not UTF-8 text (byte 0xe9 at byte 47 of the line); "
+                            "re-encode the file as UTF-8"]
+    with pytest.raises(DataError, match=r"d.jsonl:2: line is not UTF-8.*data.strict=true"):
+        load_examples([str(path)], DataConfig(strict=True), processor)
+
+
+def test_a_byte_order_mark_is_not_a_bad_row(tmp_path, processor):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "question": "Q?", "answer": "4"}).encode() + b"\n")
+    examples, report = load_examples([str(path)], DataConfig(), processor)
+    assert [e.id for e in examples] == ["a"] and report.skipped == 0
+
+
+def test_skip_messages_name_what_to_change(tmp_path, processor):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "p", "problem": "What is 2+2?", "answer": "4", "images": []},
+        {"id": "e", "question": "", "answer": "4"},
+        {"id": "g", "question": "Q?", "answer": "seven"},
+        '{"id": "j", "question": "unterminated',
+        "[1, 2]",
+        {"id": "ok", "question": "Q?", "answer": "1"},
+    ])
+    _, report = load_examples([path], DataConfig(), processor)
+    by_id = dict(zip("pegjl", report.first))
+    assert by_id["p"].endswith(": no column 'question' (data.question_key); the row has ['id', 'problem', 'answer', "
+                               "'images']; if the question is in 'problem', set data.question_key=problem")
+    assert by_id["e"].endswith(": column 'question' (data.question_key) is empty")
+    assert by_id["g"].count("'seven'") == 1 and "not a single number" in by_id["g"]  # said once, not twice
+    assert by_id["j"].endswith("invalid JSON (Unterminated string starting at column 25)")  # not "at at"
+    assert by_id["l"].endswith("line is a JSON list, not an object")

@@ -220,7 +220,8 @@ def test_accelerate_config_sets_gpus_stage_and_offload(qwen25_dir, data, tmp_pat
     acc.write_text("distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 3\n  offload_optimizer_device: cpu\n"
                    "  offload_param_device: none\nnum_processes: 8\n")
     argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
-            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4", "--accelerate-config", str(acc)]
+            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=32",
+            "--accelerate-config", str(acc)]  # 4 prompts x 16 per rank fill a micro-batch of 64 on 8 processes
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ZeRO-3 over 8 GPU(s)" in out and "optimizer state offloaded to CPU memory" in out
