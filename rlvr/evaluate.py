@@ -212,11 +212,16 @@ class Evaluator:
         return metrics
 
     def write_predictions(self, path: str, greedy_path: str | None = None) -> None:
-        """The latest run's predictions as JSONL that ``python -m rlvr.score`` reads."""
+        """The latest run's predictions as JSONL that ``python -m rlvr.score`` reads.
+
+        Each row also carries the verifier settings it was scored with (``answer_extraction``,
+        ``rel_tol``), so ``rlvr.score`` re-scores it the same way without being told.
+        """
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _write_jsonl(path, self.predictions)
+        scoring = {"answer_extraction": self.cfg.reward.answer_extraction, "rel_tol": self.cfg.reward.rel_tol}
+        _write_jsonl(path, [{**row, **scoring} for row in self.predictions])
         if greedy_path and self.greedy_predictions:
-            _write_jsonl(greedy_path, self.greedy_predictions)
+            _write_jsonl(greedy_path, [{**row, **scoring} for row in self.greedy_predictions])
 
 
 def _prediction(example, sample, response, text: str, result) -> dict:
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if page:
         print(f"samples page: {page}")
     print(f"metrics: {os.path.join(out_dir, 'metrics.json')}")
-    print(f"re-score: python -m rlvr.score {preds} --answer-extraction {cfg.reward.answer_extraction}")
+    print(f"re-score: python -m rlvr.score {preds}  (the rows carry answer_extraction={cfg.reward.answer_extraction})")
     return 0
 
 

@@ -227,3 +227,89 @@ def test_two_processes_split_the_prompts_and_agree_with_one(qwen25_dir, val_file
         for key, value in single.items():
             if key != "time/eval_s":
                 assert multi["metrics"][key] == pytest.approx(value), key
+
+
+# --------------------------------------------------------------------------- rlvr.score on a run's predictions
+
+
+def test_a_run_trained_with_last_number_scores_the_same_as_its_evaluation(qwen25_dir, val_file, tmp_path, capsys):
+    """The demo recipe trains with answer_extraction=last_number; `python -m rlvr.score` on the
+    run's evaluation file, without any flag, must use it too (it used to default to boxed)."""
+    import subprocess
+    import sys
+
+    from rlvr.score import main as score
+
+    run = tmp_path / "run"
+    data = os.path.dirname(val_file)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", DEMO,
+         f"model.name_or_path={qwen25_dir}", f"data.train_files={data}/train.jsonl", f"data.val_files={val_file}",
+         f"output_dir={run}", "trainer.max_steps=1", "trainer.prompts_per_step=2", "rollout.group_size=2",
+         "rollout.max_new_tokens=8", "trainer.micro_batch_size=4", "rollout.micro_batch_size=8", "eval.k=4",
+         "log.progress_bar=false", "log.plots=false", "log.samples_every=0", "checkpoint.save_final_model=false",
+         "reward.num_workers=1"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    preds = [json.loads(line) for line in open(run / "eval" / "step_000001.jsonl")]
+    assert {(p["answer_extraction"], p["rel_tol"]) for p in preds} == {("last_number", 1e-6)}
+
+    assert score([str(run / "eval" / "step_000001.jsonl"), "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "answer_extraction=last_number (from the predictions' rows)" in printed
+    assert _accuracy(printed) == pytest.approx(row["eval/pass@1"], abs=1e-4)
+    scored = [json.loads(line) for line in open(run / "eval" / "step_000001.scored.jsonl")]
+    assert [(s["reward"], s["outcome"]) for s in scored] == [(p["reward"], p["outcome"]) for p in preds]
+    # Not vacuous: the tiny model writes numbers without \boxed, which boxed extraction finds no answer in.
+    assert any(p["outcome"] != "no_answer" for p in preds)
+    assert score([str(run / "eval" / "step_000001.jsonl"), "--workers", "1", "--answer-extraction", "boxed"]) == 0
+    assert "answer_extraction=boxed (from --answer-extraction)" in capsys.readouterr().out  # the flag still wins
+    boxed = [json.loads(line) for line in open(run / "eval" / "step_000001.scored.jsonl")]
+    no_answer = lambda rows: sum(r["outcome"] == "no_answer" for r in rows)  # noqa: E731
+    assert no_answer(boxed) > no_answer(preds)  # boxed reads another answer, or none, from some of them
+
+
+def _predictions(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_score_takes_the_extraction_from_the_rows_then_the_runs_config(tmp_path, capsys):
+    from rlvr.score import main as score
+
+    lines = [{"completion": "I think it is 7", "answer": "7"}, {"completion": "\\boxed{3} or 4", "answer": "4"}]
+    # an older run's file without the fields: RUN/config.yaml says last_number
+    run = tmp_path / "run"
+    save_config(load_config(DEMO, [f"output_dir={run}", "reward.rel_tol=0.01"]), run / "config.yaml")
+    old = _predictions(run / "eval" / "step_000010.jsonl", lines)
+    assert score([old, "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"answer_extraction=last_number (from {run / 'config.yaml'}), rel_tol=0.01 (from {run / 'config.yaml'})" in out
+    assert "accuracy: 1.0000 (2/2)" in out  # the last numbers, 7 and 4
+    assert score([old, "--workers", "1", "--answer-extraction", "boxed", "--rel-tol", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy: 0.0000 (0/2)" in out and "(from --answer-extraction)" in out  # no box, then box 3
+
+    # the rows' own field beats the config; nothing at all: boxed
+    tagged = _predictions(run / "eval" / "tagged.jsonl", [{**r, "answer_extraction": "boxed"} for r in lines])
+    assert score([tagged, "--workers", "1"]) == 0
+    assert "answer_extraction=boxed (from the predictions' rows)" in capsys.readouterr().out
+    bare = _predictions(tmp_path / "elsewhere" / "deep" / "p.jsonl", lines)
+    assert score([bare, "--workers", "1"]) == 0
+    assert "answer_extraction=boxed (from default), rel_tol=1e-06 (from default)" in capsys.readouterr().out
+
+    # rows that disagree, or carry nonsense, are an error that says what to do
+    mixed = _predictions(tmp_path / "mixed.jsonl", [{**lines[0], "answer_extraction": "boxed"},
+                                                    {**lines[1], "answer_extraction": "last_number"}])
+    assert score([mixed]) == 2
+    err = capsys.readouterr().err
+    assert "different answer_extraction" in err and "line 1" in err and "line 2" in err and "--answer-extraction" in err
+    bad = _predictions(tmp_path / "bad.jsonl", [{**lines[0], "answer_extraction": "first_number"}])
+    assert score([bad]) == 2
+    assert "bad.jsonl:1: answer_extraction='first_number' is not valid; expected one of boxed, last_number" in \
+        capsys.readouterr().err
+    assert score([bare, "--rel-tol", "-1"]) == 2
+    assert "--rel-tol -1.0 is not valid" in capsys.readouterr().err
