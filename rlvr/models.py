@@ -212,6 +212,30 @@ def dummy_vision_inputs(config, device, dtype) -> tuple[torch.Tensor, torch.Tens
     return pixels, grid
 
 
+# transformers 5.24 renamed the forward's KV-cache keyword ``past_key_values`` to ``cache``
+# (the old name still works until 5.40, with a FutureWarning). Both names are read, and the
+# model's own name is used when rlvr passes a cache, so the supported range (5.19 to 5.24)
+# runs without warnings. Looking for the old name alone made the vision-tower hooks take
+# 5.24's decode steps for training forwards (issue 10).
+CACHE_KEYS = ("cache", "past_key_values")
+
+
+def cache_in(kwargs: dict):
+    """The KV cache a forward was called with, under either keyword, or None."""
+    for key in CACHE_KEYS:
+        if kwargs.get(key) is not None:
+            return kwargs[key]
+    return None
+
+
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """The keyword ``module.forward`` takes its KV cache by: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class _VisionTowerSync:
     """The hooks of ``sync_vision_tower_calls`` on one model."""
 
@@ -228,7 +252,7 @@ class _VisionTowerSync:
 
     def before_model(self, module, args, kwargs):
         """Generation prefill: run the tower where ``generate`` runs it on a rank with images."""
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         if self._needed(kwargs) and cache is not None and cache.get_seq_length() == 0:
             pixels, grid = dummy_vision_inputs(self.decoder.config, self.decoder.device, self.decoder.visual.dtype)
             self.decoder.get_image_features(pixel_values=pixels, image_grid_thw=grid)
@@ -237,7 +261,7 @@ class _VisionTowerSync:
     def before_decoder(self, module, args, kwargs):
         """Training layout (no cache): send a masked dummy image through the model's own image path."""
         self.masked_image = False
-        if not self._needed(kwargs) or kwargs.get("past_key_values") is not None:
+        if not self._needed(kwargs) or cache_in(kwargs) is not None:
             return None
         if args or kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None:
             raise ValueError("sync_vision_tower_calls needs the decoder called with input_ids= and attention_mask= "
