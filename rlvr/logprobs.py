@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlvr.models import decoder_and_head, forward_inputs, mrope_positions, select_images, shared_image_features
+from rlvr.models import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, never_sample_ids,
+                         select_images, shared_image_features)
 
 # Rows per chunk for ``selective_logprobs``. The backward peak is the [V, H] fp32 weight
 # gradient plus one fp32 [rows, V] chunk (297 MiB at 512 rows, V = 151936); at 1024 rows
@@ -44,15 +45,27 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
+def _exclude(logits: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` [..., V] with the ``excluded`` token ids at the dtype's lowest finite value, in place.
+
+    Those tokens are never sampled (``rlvr.models.never_sample_ids``), so the policy is the
+    softmax over the other tokens: their probability is exactly 0 and they leave the
+    normaliser. A finite value rather than -inf keeps ``p * z`` in the entropy at 0, not nan.
+    """
+    if excluded is not None and excluded.numel():
+        logits.index_fill_(-1, excluded, torch.finfo(logits.dtype).min)
+    return logits
+
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  temperature: float, dtype: torch.dtype) -> torch.Tensor:
+                  temperature: float, dtype: torch.dtype, excluded: torch.Tensor | None = None) -> torch.Tensor:
     """Logits / temperature [C, V] of one chunk, at least fp32; the matmul runs in ``dtype``
     (as ``head(hidden).float()`` would, so rollout and training see the same rounding)."""
     logits = F.linear(hidden.to(dtype), weight, bias)  # [C, V]
     logits = logits.to(torch.promote_types(dtype, torch.float32))  # [C, V]
     if temperature != 1.0:
         logits.div_(temperature)  # in place: ``logits`` is a fresh buffer (linear output or its fp32 copy)
-    return logits
+    return _exclude(logits, excluded)
 
 
 class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
@@ -70,7 +83,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy, compute_dtype):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy, compute_dtype, excluded):
         n, acc = hidden.shape[0], torch.promote_types(compute_dtype, torch.float32)
         chosen = torch.empty(n, dtype=acc, device=hidden.device)  # [N]
         lse = torch.empty(n, dtype=acc, device=hidden.device)  # [N]
@@ -80,7 +93,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
             b = None if bias is None else bias.to(compute_dtype)
             for start in range(0, n, chunk_size):
                 rows = slice(start, start + chunk_size)
-                logits = _chunk_logits(hidden[rows], w, b, temperature, compute_dtype)  # [C, V]
+                logits = _chunk_logits(hidden[rows], w, b, temperature, compute_dtype, excluded)  # [C, V]
                 lse[rows] = torch.logsumexp(logits, dim=-1)  # [C]
                 chosen[rows] = logits.gather(1, targets[rows].unsqueeze(1)).squeeze(1) - lse[rows]  # [C]
                 if with_entropy:
@@ -90,7 +103,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
                     del probs
                 del logits
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk_size, ctx.compute_dtype = temperature, chunk_size, compute_dtype
+        ctx.temperature, ctx.chunk_size, ctx.compute_dtype, ctx.excluded = temperature, chunk_size, compute_dtype, excluded
         if entropy is not None:
             ctx.mark_non_differentiable(entropy)
         return chosen, entropy
@@ -100,7 +113,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         if not (need_hidden or need_weight or need_bias):
-            return (None,) * 8
+            return (None,) * 9
         temperature, chunk_size, dtype = ctx.temperature, ctx.chunk_size, ctx.compute_dtype
         acc = lse.dtype  # fp32 (fp64 for fp64 inputs)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
@@ -116,7 +129,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
                 h = hidden[rows]  # [C, H]
                 # Recompute, then turn the logits buffer into d loss / d z in place:
                 # softmax, times -g/T, plus g/T at the chosen token.
-                grad_logits = _chunk_logits(h, w, b, temperature, dtype)  # [C, V]
+                grad_logits = _chunk_logits(h, w, b, temperature, dtype, ctx.excluded)  # [C, V]
                 grad_logits.sub_(lse[rows].unsqueeze(1)).exp_()  # [C, V] softmax
                 grad_logits.mul_(scale[rows].neg().unsqueeze(1))  # [C, V]
                 grad_logits.scatter_add_(1, targets[rows].unsqueeze(1), scale[rows].unsqueeze(1))  # [C, V]
@@ -132,12 +145,12 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                        temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_ROWS, *,
-                       bias: torch.Tensor | None = None,
+                       bias: torch.Tensor | None = None, excluded: torch.Tensor | None = None,
                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [...] of ``targets`` [...] under ``softmax((hidden @ weight.T + bias) / temperature)``.
 
@@ -150,6 +163,7 @@ def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     in the autocast dtype when autocast is on (as ``nn.Linear`` would). Returns the
     log-probs and, if ``with_entropy``, the entropy [...] of each row (no gradient),
     else None. Gradients flow to ``hidden``, ``weight`` and ``bias`` as far as they require them.
+    ``excluded`` (token ids) leave the distribution: probability 0, outside the normaliser.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
@@ -158,7 +172,7 @@ def selective_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
     chosen, entropy = _ChunkedSelectiveLogSoftmax.apply(
         hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1), float(temperature),
-        int(chunk_size), with_entropy, dtype)
+        int(chunk_size), with_entropy, dtype, excluded)
     return chosen.view(lead), (entropy.view(lead) if entropy is not None else None)
 
 
@@ -177,8 +191,9 @@ def _fusable(head: torch.nn.Module) -> bool:
     return not hasattr(weight, "ds_id") and weight.numel() > 0 and type(weight.data) is torch.Tensor
 
 
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
-    logits = head(hidden).float() / temperature  # [B, C, V]
+def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                    excluded: torch.Tensor | None = None):
+    logits = _exclude(head(hidden).float() / temperature, excluded)  # [B, C, V]
     logprobs = torch.log_softmax(logits, dim=-1)  # [B, C, V]
     chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, C]
     with torch.no_grad():
@@ -187,15 +202,16 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 
 def _checkpointed_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                           temperature: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                           temperature: float, chunk_size: int,
+                           excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fallback: ``head(hidden)`` over chunks of ``chunk_size`` positions, each checkpointed."""
     chosen, entropies = [], []
     for start in range(0, targets.shape[1], chunk_size):
         h, t = hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size]
         if torch.is_grad_enabled():
-            lp, ent = checkpoint(_chunk_logprobs, head, h, t, temperature, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logprobs, head, h, t, temperature, excluded, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(head, h, t, temperature)
+            lp, ent = _chunk_logprobs(head, h, t, temperature, excluded)
         chosen.append(lp)
         entropies.append(ent)
     return torch.cat(chosen, dim=1), torch.cat(entropies, dim=1)  # [B, R], [B, R]
@@ -268,10 +284,11 @@ def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
         inputs["pixel_values"], inputs["image_grid_thw"] = select_images(batch["pixel_values"],
                                                                          batch["image_grid_thw"], distinct)
     cache = DynamicCache(config=decoder.config)
-    decoder(**inputs, past_key_values=cache, use_cache=True)
+    key = cache_kwarg(decoder)
+    decoder(**inputs, **{key: cache}, use_cache=True)
     cache.reorder_cache(group)  # [G_distinct, ...] -> [B, ...], differentiable
     out = decoder(input_ids=full_ids[:, width - 1:width + r - 1], attention_mask=full_mask[:, :width + r - 1],
-                  position_ids=positions[:, :, width - 1:width + r - 1], past_key_values=cache, use_cache=True)
+                  position_ids=positions[:, :, width - 1:width + r - 1], **{key: cache}, use_cache=True)
     return out.last_hidden_state  # [B, R, H]: position t predicts response token t
 
 
@@ -290,6 +307,9 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
 
     ``share_prompts``: rows of the same prompt (``batch["prompt_group"]``) compute the
     prompt, images included, once (``_shared_prompt_hidden``) where the model allows it.
+
+    The distribution is the one rollouts sample from: vision placeholder tokens
+    (``never_sample_ids``) are never sampled, so they are outside it (probability 0).
     """
     decoder, head = decoder_and_head(model)
     if share_prompts and _can_share_prompts(decoder, batch):
@@ -301,14 +321,15 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
         positions = batch["logit_positions"]  # [B, R]
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
     targets = batch["response_ids"]  # [B, R]
+    excluded = torch.tensor(never_sample_ids(model), dtype=torch.long, device=targets.device)  # [E]
     if not _fusable(head):
-        logprobs, entropy = _checkpointed_logprobs(head, hidden, targets, temperature, chunk_size)
+        logprobs, entropy = _checkpointed_logprobs(head, hidden, targets, temperature, chunk_size, excluded)
         return logprobs, (entropy if with_entropy else None)
     mask = batch.get("response_mask")
     mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()  # [B, R]
     rows, row_targets = hidden[mask], targets[mask]  # [n, H], [n]
     chosen, entropy = selective_logprobs(rows, head.weight, row_targets, temperature,
-                                         chunk_size * targets.shape[0], bias=head.bias,
+                                         chunk_size * targets.shape[0], bias=head.bias, excluded=excluded,
                                          with_entropy=with_entropy)  # [n], [n]
     logprobs = chosen.new_zeros(targets.shape).masked_scatter(mask, chosen)  # [B, R]
     if entropy is not None:

@@ -11,11 +11,19 @@ own ``generation_config.json`` (Qwen-VL ships ``top_k=1``, ``repetition_penalty=
 would otherwise change the sampling distribution and make the recorded log-probs lie.
 
 Reproducible sampling: given ``seeds`` (one per prompt), every response draws its tokens
-from its own random stream, keyed by (prompt seed, sample index), with the Gumbel-max
-trick (``SeededSampling``): the token is the argmax of the temperature-scaled, top-k/top-p
-filtered logits plus Gumbel noise, which is a sample of exactly that distribution. A
-response then depends on its prompt, its seed and the weights only, not on which rank
-generated it, what else shared its batch, or how many processes there are.
+from its own random stream, keyed by (prompt seed, sample index, decode position), with
+the Gumbel-max trick (``SeededSampling``): the token is the argmax of the
+temperature-scaled, top-k/top-p filtered logits plus Gumbel noise, which is a sample of
+exactly that distribution. A response then depends on its prompt, its seed and the
+weights only, not on which rank generated it, what else shared its batch, or how many
+processes there are.
+
+Which distribution the log-probs are of: each response records the log-probs of the
+distribution it was actually drawn from (temperature-scaled, filtered, suppressed tokens
+excluded). The update's ratio compares the training forward's temperature-scaled
+log-probs, new against old, both over the full vocabulary, so with ``top_p < 1`` or
+``top_k > 0`` the recorded values differ from the ratio's by the filter's renormalisation;
+``rollout/logprob_diff_*`` shows that gap (and any numerical one) every step.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 
 from rlvr.config import DataConfig, RolloutConfig
 from rlvr.data import Example, open_image, prompt_text
-from rlvr.models import mrope_positions, never_sample_ids
+from rlvr.models import cache_kwarg, mrope_positions, never_sample_ids
 
 
 @dataclass
@@ -46,7 +54,7 @@ class Response:
 
     prompt_index: int
     token_ids: torch.Tensor  # [R], up to and including the stop token
-    logprobs: torch.Tensor  # [R], log-probs under the sampling policy (temperature-scaled)
+    logprobs: torch.Tensor  # [R], log-probs of the distribution sampled from (``SeededSampling``)
     finished: bool  # ended with a stop token (False: cut at max_new_tokens)
     text: str = ""
 
@@ -144,20 +152,73 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-class SeededSampling:
-    """Logits processor that turns greedy decoding into per-row seeded sampling (Gumbel-max).
+def response_seeds(run_seed: int, step: int, indices: list[int]) -> list[int]:
+    """One sampling seed per prompt slot of a step: keyed by the step, the slot's position and the row.
 
-    ``argmax(filtered(logits / T) + G)``, with G i.i.d. standard Gumbel, is a draw from
-    ``softmax(filtered(logits / T))``. Row r draws G from its own generator seeded with
-    ``seeds[r]``, one [V] vector per decoding step, so its tokens do not depend on the
-    other rows. Top-k then top-p filtering as in transformers' samplers.
+    ``indices`` are the step's dataset rows in order. The position keeps two draws of the
+    same row in one step (an epoch boundary inside the step) from sampling identical
+    groups; the step keeps a row's groups in different epochs apart.
+    """
+    return [mix_seed(run_seed, step, position, row) for position, row in enumerate(indices)]
+
+
+# Counter-based noise: splitmix64 (Steele, Lea and Flood, 2014) over int64 tensors, whose
+# products wrap modulo 2**64 as the algorithm needs. The constants are its published
+# 64-bit ones, written as signed int64.
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)  # logical shift: int64 ``>>`` copies the sign bit
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def uniform_noise(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
+    """[b, V] uniforms in (0, 1), a pure function of (seed, decode position, token id).
+
+    Every bit of the 64-bit seed counts (torch's CPU generator keeps only the low 32 of a
+    seed, so seeds differing above them used to share a stream), no generator state is
+    kept, and the numbers are the same on every device and for any batch layout.
+    """
+    step = ((position + 1) * _GOLDEN + 2**63) % 2**64 - 2**63  # as int64, wrapped like the tensors
+    key = _mix64(_mix64(seeds) + step)  # [b]: one stream per (seed, position)
+    tokens = torch.arange(1, vocab + 1, device=seeds.device, dtype=torch.int64) * _GOLDEN  # [V]
+    bits = _shift_right(_mix64(key[:, None] + tokens), 40)  # [b, V]: the top 24 bits
+    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+
+
+class SeededSampling:
+    """Logits processor that samples each row from its own seeded stream and records what it sampled from.
+
+    Runs as the last logits processor of a greedy ``generate``: the scores it gets already
+    carry transformers' suppression (vision placeholders) and min-length masks. Sampling is
+    ``argmax(filtered(logits / T) + G)``, with G standard Gumbel noise from
+    ``uniform_noise(seed, position)``: a draw from ``softmax(filtered(logits / T))``
+    (the Gumbel-max trick). Filtering is temperature first, then top-k, then top-p, as in
+    transformers' samplers. ``greedy`` takes the argmax of the unscaled logits instead.
+
+    ``logprobs`` collects, per decoding position, each row's log-prob of its chosen token
+    under the distribution it was drawn from: the temperature-scaled, filtered one, with
+    suppressed tokens outside the normaliser. The processor returns 0 for the chosen token
+    and -inf elsewhere, so ``generate``'s argmax takes exactly that token.
     """
 
-    def __init__(self, seeds: list[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-        self.seeds, self.temperature, self.top_k, self.top_p = seeds, temperature, top_k, top_p
-        self.generators: list[torch.Generator] | None = None
+    def __init__(self, seeds: list[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 greedy: bool = False):
+        self.seeds = torch.tensor(seeds, dtype=torch.int64)  # [b]
+        self.temperature, self.top_k, self.top_p, self.greedy = temperature, top_k, top_p, greedy
+        self.position = 0  # decode steps taken
+        self.logprobs: list[torch.Tensor] = []  # per position [b]
 
     def _filter(self, scores: torch.Tensor) -> torch.Tensor:
+        """Top-k, then top-p, of already temperature-scaled scores [b, V]."""
         if 0 < self.top_k < scores.shape[-1]:
             kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]  # [b, 1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -169,26 +230,31 @@ class SeededSampling:
             scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
         return scores
 
+    def distribution(self, scores: torch.Tensor) -> torch.Tensor:
+        """Log-probs [b, V] of the distribution a row samples from, given the raw scores [b, V]."""
+        if self.greedy:
+            return scores.float().log_softmax(-1)
+        return self._filter(scores.float() / self.temperature).log_softmax(-1)
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.generators is None:
-            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        scores = self._filter(scores.float() / self.temperature)  # [b, V]
-        uniform = torch.stack([
-            torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators
-        ])  # [b, V]
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))  # [b, V]
-        return scores + gumbel
+        logp = self.distribution(scores)  # [b, V]
+        if self.greedy:
+            chosen = logp.argmax(-1)  # [b]
+        else:
+            uniform = uniform_noise(self.seeds.to(scores.device), self.position, scores.shape[-1])  # [b, V]
+            chosen = (logp - torch.log(-torch.log(uniform))).argmax(-1)  # [b]
+        self.logprobs.append(logp.gather(-1, chosen[:, None]).squeeze(-1))
+        self.position += 1
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, chosen[:, None], 0.0)
 
 
-def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy: bool = False,
-                    suppress_ids: list[int] | None = None):
+def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, suppress_ids: list[int] | None = None):
+    """transformers' greedy loop; the sampling itself is ``SeededSampling``'s."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        do_sample=not greedy,
-        temperature=cfg.temperature if not greedy else 1.0,
-        top_p=cfg.top_p if not greedy else 1.0,
-        top_k=cfg.top_k if not greedy else 0,
+        do_sample=False,
         max_new_tokens=cfg.max_new_tokens,
         min_new_tokens=cfg.min_new_tokens or None,
         eos_token_id=stop_ids,
@@ -196,7 +262,6 @@ def sampling_config(cfg: RolloutConfig, stop_ids: list[int], pad_id: int, greedy
         repetition_penalty=1.0,
         suppress_tokens=suppress_ids or None,
         num_beams=1,
-        output_logits=True,
         return_dict_in_generate=True,
     )
 
@@ -225,8 +290,9 @@ def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_i
         encoded["image"] = decoder.get_image_features(pixel_values=batch["pixel_values"],
                                                       image_grid_thw=batch["image_grid_thw"], return_dict=True)
     cache = DynamicCache(config=model.config)
+    key = cache_kwarg(model)
     model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=types[:, :-1],
-          position_ids=positions[:, :, :-1], mm_encoder_outputs=encoded, past_key_values=cache, use_cache=True,
+          position_ids=positions[:, :, :-1], mm_encoder_outputs=encoded, **{key: cache}, use_cache=True,
           logits_to_keep=1)
     expand = torch.repeat_interleave(torch.arange(len(prompts), device=device),
                                      torch.tensor(copies, device=device))  # [b]: row -> its prompt
@@ -237,7 +303,7 @@ def _prefill_shared(model, prompts: list[PromptInputs], copies: list[int], pad_i
         "input_ids": batch["input_ids"].index_select(0, expand),  # [b, P]
         "attention_mask": batch["attention_mask"].index_select(0, expand),  # [b, P]
         "mm_token_type_ids": batch["mm_token_type_ids"].index_select(0, expand),  # [b, P]
-        "past_key_values": cache,
+        key: cache,
     }
 
 
@@ -248,17 +314,21 @@ def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: l
 
     Returns ``len(prompts) * group_size`` responses, prompt-major (the G responses of prompt 0 first).
     ``seeds`` (one per prompt) makes sampling reproducible per response (``SeededSampling``);
-    without it sampling draws from torch's global generator. ``synced_gpus`` is passed to
-    ``model.generate`` (None: transformers decides; True under ZeRO-3 with partitioned weights).
-    With ``cfg.shared_prefill`` each distinct prompt of a micro-batch is encoded and
-    prefilled once (``_prefill_shared``); the tokens and log-probs are the same either way.
+    without it the prompts' seeds are drawn from torch's global generator. Each response
+    records the log-probs of the distribution it was sampled from (``SeededSampling``).
+    ``synced_gpus`` is passed to ``model.generate`` (None: transformers decides; True under
+    ZeRO-3 with partitioned weights). With ``cfg.shared_prefill`` each distinct prompt of a
+    micro-batch is encoded and prefilled once (``_prefill_shared``); the tokens and
+    log-probs are the same either way.
     """
+    from transformers import LogitsProcessorList
+
     rows = [(i, j) for i in range(len(prompts)) for j in range(cfg.group_size)]
-    seeded = seeds is not None and not greedy
-    if seeded and len(seeds) != len(prompts):
+    if seeds is None:  # greedy decoding draws nothing
+        seeds = [0] * len(prompts) if greedy else torch.randint(0, 2**62, (len(prompts),)).tolist()
+    if len(seeds) != len(prompts):
         raise ValueError(f"generate got {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
-    # Seeded sampling runs transformers' greedy loop on the processor's noisy scores.
-    gen_cfg = sampling_config(cfg, stop_ids, pad_id, greedy or seeded, never_sample_ids(model))
+    gen_cfg = sampling_config(cfg, stop_ids, pad_id, never_sample_ids(model))
     device = next(model.parameters()).device
     stop = torch.tensor(stop_ids)
     out: list[Response] = []
@@ -272,21 +342,12 @@ def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: l
             batch = collate_prompts([prompts[i] for i in chunk], pad_id)
             batch = {k: v.to(device) for k, v in batch.items() if v is not None}
         extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
-        if seeded:
-            from transformers import LogitsProcessorList
-
-            row_seeds = [mix_seed(seeds[i], j) for i, j in rows[start:start + cfg.micro_batch_size]]
-            sampler = SeededSampling(row_seeds, cfg.temperature, cfg.top_k, cfg.top_p)
-            extra["logits_processor"] = LogitsProcessorList([sampler])
-        result = model.generate(**batch, generation_config=gen_cfg, **extra)
+        row_seeds = [mix_seed(seeds[i], j) for i, j in rows[start:start + cfg.micro_batch_size]]
+        sampler = SeededSampling(row_seeds, cfg.temperature, cfg.top_k, cfg.top_p, greedy=greedy)
+        result = model.generate(**batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]),
+                                **extra)
         new_tokens = result.sequences[:, batch["input_ids"].shape[1]:].cpu()  # [b, T]
-        # Log-prob of each sampled token under the temperature-scaled distribution, one
-        # step at a time so no [b, T, V] tensor is built.
-        logprobs = torch.stack([
-            torch.log_softmax(step_logits.float() / (1.0 if greedy else cfg.temperature), dim=-1)
-            .gather(-1, new_tokens[:, t:t + 1].to(step_logits.device)).squeeze(-1).cpu()
-            for t, step_logits in enumerate(result.logits)
-        ], dim=1)  # [b, T]
+        logprobs = torch.stack(sampler.logprobs, dim=1).cpu()  # [b, T]
         for row, prompt_index in enumerate(chunk):
             tokens = new_tokens[row]
             is_stop = torch.isin(tokens, stop)

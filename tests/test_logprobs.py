@@ -11,7 +11,7 @@ from PIL import Image
 from rlvr.config import RolloutConfig
 from rlvr.logprobs import response_logprobs
 from rlvr.losses import POLICY_LOSSES
-from rlvr.models import load_model, load_processor, stop_token_ids
+from rlvr.models import load_model, load_processor, never_sample_ids, stop_token_ids
 from rlvr.rollout import PromptInputs, collate_sequences, generate
 
 
@@ -86,10 +86,12 @@ def test_chunked_logprobs_equal_full_logits_and_entropy(setup):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"],
                        image_grid_thw=batch["image_grid_thw"]).logits.float()
+    # The policy's distribution leaves out the tokens rollouts never sample (vision placeholders).
+    logits[..., never_sample_ids(model)] = float("-inf")
     full = torch.log_softmax(logits, -1)
     idx = batch["logit_positions"]
     naive = full.gather(1, idx.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-    naive_entropy = -(naive.exp() * naive).sum(-1)
+    naive_entropy = -torch.where(naive.isfinite(), naive.exp() * naive, 0.0).sum(-1)
     naive = naive.gather(-1, batch["response_ids"].unsqueeze(-1)).squeeze(-1)
     mask = batch["response_mask"].bool()
     assert torch.allclose(chunked[mask], naive[mask], atol=1e-5)

@@ -5,6 +5,8 @@ any difference beyond rounding is a bug. Then ``response_logprobs`` through the 
 equals the checkpointed fallback on a tiny model, log-probs and every parameter gradient.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -91,17 +93,32 @@ def test_only_weight_needs_grad():
     torch.testing.assert_close(w1.grad, w2.grad, atol=1e-10, rtol=0)
 
 
-def test_gradcheck_tiny():
+@pytest.mark.parametrize("excluded", [None, [2, 6]])
+def test_gradcheck_tiny(excluded):
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(0, 7, (5,), generator=g)
+    targets = torch.tensor([0, 1, 3, 4, 5])  # never an excluded token: those are never sampled
+    excluded = None if excluded is None else torch.tensor(excluded)
 
     def f(h, w, b):
-        return _ChunkedSelectiveLogSoftmax.apply(h, w, b, targets, 0.7, 2, False, torch.float64)[0]
+        return _ChunkedSelectiveLogSoftmax.apply(h, w, b, targets, 0.7, 2, False, torch.float64, excluded)[0]
 
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+def test_excluded_tokens_leave_the_distribution():
+    """Excluded ids have probability 0: the rest renormalise, entropy is over the rest, no gradient reaches them."""
+    weight = torch.eye(3, dtype=torch.float64).requires_grad_()  # logits = hidden
+    hidden = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
+    lp, entropy = selective_logprobs(hidden, weight, torch.tensor([0]), excluded=torch.tensor([2]),
+                                     with_entropy=True)
+    # without token 2: p = (0.5, 0.25) / 0.75 = (2/3, 1/3)
+    assert lp.item() == pytest.approx(math.log(2 / 3), abs=1e-12)
+    assert entropy.item() == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3), abs=1e-12)
+    lp.sum().backward()
+    assert weight.grad[2].abs().max().item() == 0.0
 
 
 def test_bf16_hidden_gives_fp32_close_to_naive_fp32():
