@@ -177,10 +177,25 @@ def _prepare(
     return logprobs, log_ratio, advantages, valid
 
 
+# A token-mean metric ``key`` comes with ``key + TOKEN_COUNT`` (its number of tokens), so the
+# update can combine micro-batches and ranks into the exact token-weighted value of the step
+# (``rlvr.step_metrics``) and leave out a metric that had no tokens at all.
+TOKEN_COUNT = "#tokens"
+
+
 def _masked_mean(values: Tensor, selected: Tensor) -> Tensor:
     """Mean of ``values`` over ``selected`` (bool, same shape); 0 when nothing is selected."""
     values = torch.where(selected, values, torch.zeros_like(values))
     return values.sum() / selected.sum().clamp(min=1)
+
+
+def _token_means(metrics: dict[str, Tensor], **means: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    """Add each ``name=(values, selected)`` as its masked mean and its token count; returns ``metrics``."""
+    for key, (values, selected) in means.items():
+        key = key.replace("__", "/")
+        metrics[key] = _masked_mean(values, selected)
+        metrics[key + TOKEN_COUNT] = selected.sum()
+    return metrics
 
 
 def _finish(
@@ -219,18 +234,18 @@ def _finish(
 
     with torch.no_grad():
         ratio = ratio.detach()  # [B, T]
-        metrics["ratio/mean"] = _masked_mean(ratio, valid)
+        _token_means(metrics, ratio__mean=(ratio, valid))
         ratio_max = torch.where(valid, ratio, torch.full_like(ratio, float("-inf"))).amax()
         metrics["ratio/max"] = torch.where(valid.any(), ratio_max, torch.zeros_like(ratio_max))
         if entropy is not None:
-            metrics["entropy"] = _masked_mean(entropy.detach(), valid)
+            _token_means(metrics, entropy=(entropy.detach(), valid))
     return loss, metrics
 
 
 def _clipped_surrogate(
     ratio: Tensor, advantages: Tensor, valid: Tensor, clip_low: float, clip_high: float
-) -> tuple[Tensor, Tensor]:
-    """PPO surrogate ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)`` and clip_frac.
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO surrogate ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)`` and its ``clip_frac`` metric.
 
     A token counts as clipped when the clipped term is strictly the smaller one, which is
     exactly when (A > 0 and r > 1 + clip_high) or (A < 0 and r < 1 - clip_low); those
@@ -242,8 +257,8 @@ def _clipped_surrogate(
         is_clipped = ((advantages > 0) & (ratio > 1.0 + clip_high)) | (
             (advantages < 0) & (ratio < 1.0 - clip_low)
         )  # [B, T]
-        clip_frac = _masked_mean(is_clipped.to(ratio.dtype), valid)
-    return per_token, clip_frac
+        metrics = _token_means({}, clip_frac=(is_clipped.to(ratio.dtype), valid))
+    return per_token, metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,23 +301,23 @@ def sapo(
         log_ratio_clamp: bound on |logp - old_logp| so exp never overflows.
 
     Metrics: ``sapo/gate_pos`` and ``sapo/gate_neg`` (mean gate weight over valid tokens with
-    A > 0 and A <= 0), ``sapo/gate_below_half`` (share of valid tokens with weight < 0.5),
+    A > 0 and A < 0), ``sapo/gate_below_half`` (share of valid tokens with weight < 0.5),
     plus the shared ``ratio/mean``, ``ratio/max``, ``entropy``, ``kl``.
     """
     logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
     ratio = torch.exp(log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp))  # [B, T]
     positive = advantages > 0  # [B, T]
-    tau = torch.where(positive, tau_pos, tau_neg).to(ratio.dtype)  # [B, T]
+    # Built in the ratio's dtype: a float32 constant cast up would make tau_neg 1.0499999523 in fp64.
+    tau = torch.full_like(ratio, tau_neg).masked_fill(positive, tau_pos)  # [B, T]
     gate = torch.sigmoid(tau * (ratio - 1.0))  # [B, T]
     per_token = -gate * (4.0 / tau) * advantages  # [B, T]
 
     with torch.no_grad():
         weight = 4.0 * gate * (1.0 - gate)  # [B, T] f'(r)
-        metrics = {
-            "sapo/gate_pos": _masked_mean(weight, valid & positive),
-            "sapo/gate_neg": _masked_mean(weight, valid & ~positive),
-            "sapo/gate_below_half": _masked_mean((weight < 0.5).to(weight.dtype), valid),
-        }
+        # A = 0 tokens carry no gradient, so they belong to neither gate metric.
+        metrics = _token_means({}, sapo__gate_pos=(weight, valid & positive),
+                               sapo__gate_neg=(weight, valid & (advantages < 0)),
+                               sapo__gate_below_half=((weight < 0.5).to(weight.dtype), valid))
     return _finish(
         per_token, ratio, logprobs, valid, metrics,
         aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
@@ -317,8 +332,8 @@ def _ppo_family(
     """Shared body of grpo, dapo and dr_grpo: token ratio, clipped surrogate, aggregation."""
     logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
     ratio = torch.exp(log_ratio)  # [B, T]
-    per_token, clip_frac = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
-    return _finish(per_token, ratio, logprobs, valid, {"clip_frac": clip_frac}, **shared)
+    per_token, metrics = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
+    return _finish(per_token, ratio, logprobs, valid, metrics, **shared)
 
 
 def grpo(
@@ -458,9 +473,9 @@ def gspo(
     seq_len = valid.sum(dim=-1, keepdim=True).clamp(min=1)  # [B, 1]
     seq_ratio = torch.exp(log_ratio.sum(dim=-1, keepdim=True) / seq_len)  # [B, 1]
     ratio = seq_ratio.detach() * torch.exp(logprobs - logprobs.detach())  # [B, T]
-    per_token, clip_frac = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
+    per_token, metrics = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
     return _finish(
-        per_token, ratio, logprobs, valid, {"clip_frac": clip_frac},
+        per_token, ratio, logprobs, valid, metrics,
         aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
         global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy,
     )  # fmt: skip
@@ -504,9 +519,9 @@ def cispo(
     weight = ratio.detach().clamp(max=1.0 + clip_high)  # [B, T]
     per_token = -weight * advantages * logprobs  # [B, T]
     with torch.no_grad():
-        clip_frac = _masked_mean((ratio > 1.0 + clip_high).to(ratio.dtype), valid)
+        metrics = _token_means({}, clip_frac=((ratio > 1.0 + clip_high).to(ratio.dtype), valid))
     return _finish(
-        per_token, ratio, logprobs, valid, {"clip_frac": clip_frac},
+        per_token, ratio, logprobs, valid, metrics,
         aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
         global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy,
     )  # fmt: skip

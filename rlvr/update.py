@@ -21,8 +21,6 @@ on the largest, and each minibatch sets accelerate's accumulation steps to its o
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from rlvr.config import Config
@@ -32,6 +30,7 @@ from rlvr.lora import inner_model, reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
 from rlvr.packing import pack_by_tokens, sample_costs, split_to_count
 from rlvr.rollout import PromptInputs, Response, collate_sequences
+from rlvr.step_metrics import StepMetrics
 
 
 def loss_kwargs(cfg: Config) -> dict:
@@ -177,7 +176,7 @@ class PolicyUpdate:
 
     def run(self, prompts: list[PromptInputs], responses: list[Response], advantages: torch.Tensor,
             step: int) -> dict[str, float]:
-        """Update the policy on one rollout batch; returns step metrics (floats).
+        """Update the policy on one rollout batch; returns step metrics (floats, ``rlvr.step_metrics``).
 
         ``prompts[i]`` is the prompt of ``responses[i]``. Per-sample results (old and reference
         log-probs) are stored by sample index, so any grouping into micro-batches gives them back
@@ -195,9 +194,7 @@ class PolicyUpdate:
         old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
         ref = self._reference(prompts, responses, all_micro)
 
-        sums: dict[str, float] = defaultdict(float)
-        maxes: dict[str, float] = defaultdict(lambda: float("-inf"))
-        diffs: list[torch.Tensor] = []
+        stats = StepMetrics(acc.device)
         for mb, micro in zip(minibatches, micro_per_mb):
             seqs = self._global(len(mb))
             tokens = self._global(sum(len(responses[i].token_ids) for i in mb))
@@ -213,33 +210,27 @@ class PolicyUpdate:
                     old_lp = logprobs.detach() if old is None else _pad([old[i] for i in idx], width).to(mask.device)
                     ref_lp = None if ref is None else _pad([ref[i] for i in idx], width).to(mask.device)
                     rollout_lp = _pad([responses[i].logprobs for i in idx], width).to(mask.device)
-                    diffs.append(((old_lp.float() - rollout_lp).abs() * mask)[mask.bool()].cpu())
+                    diff = (old_lp.float() - rollout_lp).abs()[mask.bool()]  # [tokens]
+                    stats.add_token_mean("rollout/logprob_diff_mean", diff.mean() if len(diff) else 0.0, len(diff))
+                    stats.add_token_mean("rollout/logprob_diff_frac_1e-3", (diff > 1e-3).double().mean()
+                                         if len(diff) else 0.0, len(diff))
+                    if len(diff):
+                        stats.add_max("rollout/logprob_diff_max", diff.max())
                     loss, metrics = self.loss_fn(
                         logprobs.float(), old_lp.float(), advantages[idx].to(mask.device), mask,
                         ref_logprobs=ref_lp, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
                         **self.loss_kwargs,
                     )
                     self._backward(loss)
-                    weight = len(idx) / len(mb) / len(minibatches)
-                    sums["loss"] += loss.item() / len(minibatches)  # micro losses sum to the minibatch loss
-                    for k, v in metrics.items():
-                        if k.endswith("/max"):
-                            maxes[k] = max(maxes[k], float(v))
-                        elif k in PARTIAL_SUM_METRICS:  # divided by global counts, like the loss
-                            sums[k] += float(v) / len(minibatches)
-                        else:
-                            sums[k] += float(v) * weight
+                    stats.add("loss", loss / len(minibatches))  # micro losses sum to the minibatch loss
+                    stats.add_loss_metrics(metrics, PARTIAL_SUM_METRICS, 1 / len(minibatches))
                     if acc.sync_gradients:
                         self._fill_missing_grads()
                         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                        sums["grad_norm"] += float(grad_norm) / len(minibatches)
-                        sums["lr"] = self.scheduler.get_last_lr()[0]
+                        stats.add("grad_norm", grad_norm / len(minibatches))
+                        stats.set("lr", self.scheduler.get_last_lr()[0])
                     self.optimizer.step()
                     if acc.sync_gradients:
                         self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-        diff = torch.cat(diffs) if diffs else torch.zeros(1)
-        sums["rollout/logprob_diff_mean"] = diff.mean().item()
-        sums["rollout/logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
-        sums["rollout/logprob_diff_frac_1e-3"] = (diff > 1e-3).float().mean().item()
-        return {**sums, **maxes, **packing_metrics}
+        return {**stats.result(acc.num_processes), **packing_metrics}

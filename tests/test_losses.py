@@ -479,3 +479,20 @@ def test_padding_garbage_and_metrics_are_detached(name):
         assert not value.requires_grad, key
         assert torch.isfinite(value), key
     assert {"ratio/mean", "ratio/max"} <= metrics.keys()
+
+
+def test_sapo_gate_metrics_leave_out_zero_advantage_tokens():
+    # Row 0 A = -1 at r = 1.5 (w = 0.934140, see above); row 1 A = 0 at r = 3: no gradient, no gate.
+    logp = t([[0.0], [0.0]])
+    old = t([[-math.log(1.5)], [-math.log(3.0)]])
+    _, metrics = sapo(logp, old, t([-1.0, 0.0]), t([[1.0], [1.0]]))
+    close(metrics["sapo/gate_neg"], 0.934140)  # row 1's w(3) = 0.419974 would pull it to 0.677057
+    assert metrics["sapo/gate_neg#tokens"].item() == 1 and metrics["sapo/gate_pos#tokens"].item() == 0
+
+
+def test_sapo_tau_is_exact_in_float64():
+    # One token, A = -1, r = 1.2, tau_neg = 1.05: loss = sigmoid(1.05 * 0.2) * 4 / 1.05
+    #   = 0.552308 * 3.809524 = 2.104030, computed below in Python floats (fp64):
+    expected = 1 / (1 + math.exp(-1.05 * 0.2)) * 4 / 1.05
+    loss, _ = sapo(t([[0.0]]), t([[-math.log(1.2)]]), t([-1.0]), t([[1.0]]), tau_neg=1.05)
+    assert abs(loss.item() - expected) < 1e-13  # a float32 tau (1.0499999523) is off by ~1e-8

@@ -182,10 +182,17 @@ def _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=8, micro_batc
     return metrics, optimizer, seen, policy
 
 
+TOKEN_METRICS = ("ratio/mean", "ratio/max", "entropy", "sapo/gate_pos", "sapo/gate_neg", "sapo/gate_below_half",
+                 "rollout/logprob_diff_mean", "rollout/logprob_diff_max", "rollout/logprob_diff_frac_1e-3")
+
+
 def _assert_same_update(expected, got):
     (m1, opt1, _, policy1), (m2, opt2, _, policy2) = expected, got
     for key in ("loss", "kl", "grad_norm"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    # Token metrics are token-weighted over the whole step, so micro-batching cannot change them.
+    for key in TOKEN_METRICS:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-6, abs=1e-9), key
     assert len(opt1.grads) == len(opt2.grads)
     for step, (g1, g2) in enumerate(zip(opt1.grads, opt2.grads)):
         for a, b in zip(g1, g2):
@@ -234,3 +241,37 @@ def test_extra_splits_to_match_another_rank_change_nothing(qwen25_dir, rollout):
     training = split[2][-7:]
     assert sum(len(m) for m in training[:3]) == 4 and [len(m) for m in training[3:]] == [1, 1, 1, 1]
     _assert_same_update(alone, split)
+
+
+def test_token_metrics_are_token_weighted_over_the_step(qwen25_dir, rollout):
+    """Micro-batches of 1: the metric is the mean over all response tokens, not a mean of row means."""
+    from rlvr.logprobs import response_logprobs
+    from rlvr.rollout import collate_sequences
+
+    processor, prompts, responses, _ = rollout
+    metrics = _update(qwen25_dir, rollout, 1, micro_batch_size=1)[0]
+    policy = load_model(qwen25_dir, dtype="float32")
+    batch = collate_sequences(prompts, [r.token_ids for r in responses], processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, entropy = response_logprobs(policy, batch, with_entropy=True)  # the weights before the step
+    mask = batch["response_mask"].bool()
+    recorded = torch.zeros_like(logprobs)
+    for i, r in enumerate(responses):
+        recorded[i, :len(r.logprobs)] = r.logprobs
+    diff = (logprobs - recorded).abs()  # [B, R]: the fixture's rollout log-probs are random, so rows differ
+    assert metrics["rollout/logprob_diff_mean"] == pytest.approx(diff[mask].mean().item(), rel=1e-6)
+    row_means = torch.stack([diff[i][mask[i]].mean() for i in range(len(responses))]).mean().item()
+    assert abs(row_means - diff[mask].mean().item()) > 1e-3  # the two readings differ on this batch
+    assert metrics["entropy"] == pytest.approx(entropy[mask].mean().item(), rel=1e-5)
+
+
+def test_gate_weights_are_one_at_ratio_one_and_absent_without_tokens(qwen25_dir, rollout):
+    """One minibatch: the ratio is exactly 1, so every SAPO gate weight is f'(1) = 1."""
+    processor, prompts, responses, advantages = rollout
+    metrics = _update(qwen25_dir, rollout, 1, micro_batch_size=1)[0]
+    assert metrics["ratio/mean"] == 1.0 and metrics["ratio/max"] == 1.0
+    assert metrics["sapo/gate_pos"] == 1.0 and metrics["sapo/gate_neg"] == 1.0
+    assert metrics["sapo/gate_below_half"] == 0.0
+    only_positive = (processor, prompts, responses, advantages.abs() + 0.1)  # no A < 0 token anywhere
+    metrics = _update(qwen25_dir, only_positive, 1, micro_batch_size=1)[0]
+    assert metrics["sapo/gate_pos"] == 1.0 and "sapo/gate_neg" not in metrics
