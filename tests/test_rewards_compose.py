@@ -136,10 +136,10 @@ def test_composer_rejects_bad_specs(custom):
 
 def test_numeric_reward_signature_and_results_out():
     out = []
-    rewards = numeric_reward(["\\boxed{1/2}", "The answer is 3.", "7"], ["0.5", "4", "7"], _results_out=out,
-                             image=["ignored"] * 3)
-    assert rewards == [1.0, 0.0, 0.0]
-    assert [r.outcome for r in out] == ["correct", "wrong", "no_answer"]
+    rewards = numeric_reward(["\\boxed{1/2}", "The answer is 3.", "7", "I count 7"], ["0.5", "4", "7", "7"],
+                             _results_out=out, image=["ignored"] * 4)
+    assert rewards == [1.0, 0.0, 1.0, 0.0]  # "7" alone is an answer; "I count 7" is reasoning
+    assert [r.outcome for r in out] == ["correct", "wrong", "correct", "no_answer"]
 
 
 def test_configure_default_verifier():

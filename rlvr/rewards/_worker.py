@@ -3,7 +3,8 @@ by the training process itself, which therefore never imports sympy.
 
 Protocol over two pipes (multiprocessing.connection framing, pickled tuples):
 
-    parent -> worker: (job_id, answer_text, [(numerator, denominator), ...], rel_tol) | None
+    parent -> worker: (job_id, answer_text, [(numerator, denominator, exact, decimal), ...], rel_tol,
+                       float_rounding) | None
     worker -> parent: ("ready", pid) | ("fatal", message) | (job_id, "ok", correct, detail)
                       | (job_id, "error", message)
 
@@ -19,18 +20,19 @@ import signal
 import sys
 import threading
 import time
+from fractions import Fraction
 from multiprocessing.connection import Connection
 
-WARM_UP = ("\\frac{\\sqrt{2}}{2}", [(7071, 10000)], 1e-3)
+WARM_UP = ("\\frac{\\sqrt{2}}{2}", [(7071, 10000, True, True)], 0.0, 6)
 
 
 def _numeric_value(expr):
-    """expr evaluated to 30 significant digits, or None if it is not a finite real number
+    """expr evaluated to 50 significant digits, or None if it is not a finite real number
     (a set, an equation, a symbol) or sympy cannot guarantee the precision."""
     import sympy
 
     try:
-        value = expr.evalf(30, strict=True)
+        value = expr.evalf(50, strict=True)
     except Exception:  # noqa: BLE001 - PrecisionExhausted, unevaluable objects
         return None
     if isinstance(value, (sympy.Float, sympy.Rational)) and value.is_finite:
@@ -38,15 +40,26 @@ def _numeric_value(expr):
     return None
 
 
-def check(answer: str, golds: list[tuple[int, int]], rel_tol: float) -> tuple[bool, str]:
+def _rounded(x, places: int) -> Fraction:
+    """x (a sympy number) rounded to ``places`` decimals, ties to even, as an exact Fraction."""
+    q = Fraction(str(x)) if not hasattr(x, "p") else Fraction(int(x.p), int(x.q))
+    scale = 10**places
+    n, rem = divmod(q * scale, 1)
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1):
+        n += 1
+    return Fraction(int(n), scale)
+
+
+def check(answer: str, golds: list[tuple[int, int, bool, bool]], rel_tol: float, float_rounding: int = 6) -> tuple[bool, str]:
     """Is the LaTeX/plain-text expression ``answer`` equal to any of the gold numbers?
 
-    Correct when, for a non-integer gold, the expression evaluates to a real number within
-    rel_tol of it, or when math-verify's ``verify`` says so (exact/symbolic, with its own
-    rounding of floats to 6 decimals). Integer golds need math-verify's exact/symbolic match.
+    The README's equality rule: when the answer has a decimal number in it or the gold was
+    written as a decimal, both are rounded to ``float_rounding`` places and compared; an
+    irrational (inexact) gold is equal to an expression that agrees with it to 40 significant
+    digits; an exact gold needs math-verify's exact/symbolic match. ``rel_tol`` > 0 loosens.
 
     Shortcut (same verdicts, ~10x faster for wrong answers): an expression without floats
-    whose 30-digit value differs from every gold by more than 1e-12 relative cannot be
+    whose 50-digit value differs from every gold by more than 1e-12 relative cannot be
     exactly equal to any of them, so math-verify's symbolic simplification is skipped.
     """
     import sympy
@@ -61,24 +74,30 @@ def check(answer: str, golds: list[tuple[int, int]], rel_tol: float) -> tuple[bo
     if not exprs:
         return False, "math-verify could not parse the answer"
     tol = sympy.Rational(repr(rel_tol))
-    candidates = [sympy.Rational(p, q) for p, q in golds]
+    identical = sympy.Rational(1, 10**40)
     certainly_different = True
     for expr in exprs:
         value = _numeric_value(expr)
-        if value is None or expr.atoms(sympy.Float):
+        has_float = bool(expr.atoms(sympy.Float))
+        if value is None or has_float:
             certainly_different = False
         if value is None:
             continue
-        for gold in candidates:
-            scale = max(abs(value), abs(gold))
-            if gold.q != 1 and abs(value - gold) <= tol * scale:
+        for p, q, exact, decimal in golds:
+            gold = sympy.Rational(p, q)
+            scale = max(abs(value), abs(gold), 1)
+            if (has_float or decimal) and _rounded(value, float_rounding) == _rounded(gold, float_rounding):
+                return True, f"equal after rounding to {float_rounding} decimal places"
+            if not exact and not has_float and not decimal and abs(value - gold) <= identical * scale:
+                return True, "numerically identical to 40 digits"
+            if tol > 0 and abs(value - gold) <= tol * max(abs(value), abs(gold)):
                 return True, "numerically within rel_tol"
-            if abs(value - gold) <= sympy.Rational(1, 10**12) * scale:
+            if exact and abs(value - gold) <= sympy.Rational(1, 10**12) * scale:
                 certainly_different = False
     if certainly_different:
         return False, "numerically different"
-    for gold in candidates:
-        if verify(gold, exprs, timeout_seconds=None):
+    for p, q, exact, decimal in golds:
+        if exact and verify(sympy.Rational(p, q), exprs, float_rounding=float_rounding, timeout_seconds=None):
             return True, "math-verify: equivalent"
     return False, "math-verify: not equivalent"
 
@@ -116,9 +135,9 @@ def main(argv: list[str]) -> None:
             return  # the parent closed the pipe or died
         if message is None:
             return
-        job_id, answer, golds, rel_tol = message
+        job_id, answer, golds, rel_tol, float_rounding = message
         try:
-            correct, detail = check(answer, golds, rel_tol)
+            correct, detail = check(answer, golds, rel_tol, float_rounding)
             reply = (job_id, "ok", bool(correct), detail)
         except MemoryError:
             outbox.send((job_id, "error", f"out of memory (worker limit {memory_mb} MiB)"))

@@ -6,7 +6,9 @@ Everything here is linear-time string work on text that is already bounded in le
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Characters that mean the same thing as ASCII ones in a number.
@@ -36,6 +38,11 @@ _TRANSLATE = str.maketrans(
     }
 )
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_PY_POWER_RE = re.compile(r"(?<=[\d)}])\s*\*\*\s*(?=[\d({])")
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
+# Chat-template end-of-turn tokens: nothing after one is the model's answer ("72 <|im_end|>").
+_END_TOKEN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|end_of_text|eot_id|eom_id|end)\|>|</s>")
+_THOUSANDS_BANG_RE = re.compile(r"(\d)\s*(?:\{,\}|\{\s*,\s*\}|,)\s*\\!\s*(?=\d)|(\d)\s*\{\s*,\s*\}\s*(?=\d)")
 _DROP_RE = re.compile(
     r"\\\$|\$|\\[()\[\]]|\\(?:displaystyle|textstyle|scriptstyle|left|right|big|Big|bigl|bigr|Bigl|Bigr)(?![A-Za-z])|\\!"
 )
@@ -44,7 +51,7 @@ _TEXT_CMD_RE = re.compile(
     r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mathsf|mbox|hbox|operatorname|boxed|fbox)\s*\{([^{}]*)\}"
 )
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])")
-_PERCENT_TAIL_RE = re.compile(r"\s*(?:\\?%|\bper\s*cent\b|\bpercent\b|\bpct\b)\s*$", re.IGNORECASE)
+_PERCENT_TAIL_RE = re.compile(r"\s*(?:\\?%|\bper\s*cent\b|\bpercent(?:age)?\b|\bpct\b)\s*$", re.IGNORECASE)
 _TRAILING_PUNCT = " .,;:!?"
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z ]{0,30}:\s*")
 _APPROX_RE = re.compile(r"\\approx(?![A-Za-z])|≈|\\simeq(?![A-Za-z])")
@@ -69,18 +76,48 @@ _ONE_LETTER_UNITS = frozenset("m g s h l L K N J W V".split())
 
 @dataclass(frozen=True)
 class NormalizedAnswer:
-    """An answer reduced to the expression that is compared: ``text`` without its percent sign."""
+    """An answer reduced to the expression that is compared: ``text`` without its percent sign.
+
+    ``verdict`` is set when the answer is decided by its form alone: ("no_answer", why) for
+    a hedge (several values, \\pm, a set, a scale word that cannot be read), ("wrong", why)
+    for a relation that is not a value (``72 != 68``).
+    """
 
     text: str
     percent: bool
+    verdict: tuple[str, str] | None = None
 
     def key(self) -> str:
         return self.text + ("%" if self.percent else "")
 
 
+@functools.lru_cache(maxsize=4096)
+def _ascii_char(c: str) -> str:
+    """Full-width forms and other scripts' decimal digits as ASCII ("７" -> "7", "٣" -> "3")."""
+    if unicodedata.category(c) == "Nd":
+        return str(unicodedata.decimal(c))
+    if 0xFF01 <= ord(c) <= 0xFF5E:  # full-width ASCII: "：" "．" "％"
+        return chr(ord(c) - 0xFEE0)
+    return c
+
+
+def prepare_text(text: str) -> str:
+    """Completion- or gold-level clean-up before extraction: cut at an end-of-turn special
+    token, and read full-width and other Unicode decimal digits as digits. Linear."""
+    m = _END_TOKEN_RE.search(text)
+    if m is not None:
+        text = text[: m.start()]
+    if not text.isascii():
+        text = _NON_ASCII_RE.sub(lambda m: _ascii_char(m.group()), text)
+    return text
+
+
 def clean_latex(text: str) -> str:
     """Drop math delimiters, sizing/spacing commands and \\text-like wrappers; unify dashes/spaces."""
     s = _CONTROL_RE.sub(" ", text.translate(_TRANSLATE))
+    s = _THOUSANDS_BANG_RE.sub(lambda m: (m.group(1) or m.group(2)) + ",", s)  # 32,\! 349 -> 32,349
+    s = _PY_POWER_RE.sub("^", s).replace("**", "")  # 10**10 is a power; **72** is markdown bold
+    s = s.replace("__", "")
     s = _DROP_RE.sub("", s)
     s = s.replace("{,}", ",")
     s = _SPACE_CMD_RE.sub(" ", s)
@@ -100,28 +137,62 @@ def split_percent(s: str) -> tuple[str, bool]:
     return s[: m.start()].rstrip(_TRAILING_PUNCT), True
 
 
-def strip_units(s: str) -> tuple[str, bool]:
-    """Remove trailing unit words after a number; returns (rest, percent_word_seen)."""
+def strip_units(s: str) -> tuple[str, bool, int | str | None]:
+    """Remove trailing unit words after a number; returns (rest, percent_word_seen, scale):
+    scale is the multiplier of a leading scale word ("72 thousand apples" -> 1000), the word
+    itself when it cannot be read as one ("72 thousandths"), else None."""
     offset = max(0, len(s) - 200)  # units are short; never scan a long answer quadratically
     m = _UNIT_TAIL_RE.search(s, offset)
     if m is None:
-        return s, False
+        return s, False, None
     rest = s[: m.start()].rstrip()
     if not rest or not (rest[-1].isdigit() or rest[-1] in "})%" or _ENDS_WITH_COMMAND_RE.search(rest)):
-        return s, False
+        return s, False, None
     words = _WORD_RE.findall(m.group())
     if any(w.lower() in MATH_WORDS for w in words):
-        return s, False
+        return s, False, None
     if len(words) == 1 and len(words[0]) == 1 and words[0] not in _ONE_LETTER_UNITS:
-        return s, False
-    percent = any(w.lower() in ("percent", "pct") for w in words)
-    return rest, percent
+        return s, False, None
+    percent = any(w.lower() in _PERCENT_WORDS for w in words)
+    first = words[0].lower()
+    if first in _SCALE:
+        return rest, percent, _SCALE[first]
+    if _VOID_SCALE_RE.match(first):
+        return rest, percent, first
+    return rest, percent, None
+
+
+_RELATION_RE = re.compile(r"!=|≠|¬|<>|\\(?:ne|neq|neg|not|lnot)(?![A-Za-z])")
+_HEDGE_RE = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|±|∓|\\\{|\\\}|\\(?:lbrace|rbrace|cup|cap)(?![A-Za-z])")
+# x=72, y=68 / x=72 \quad y=68: more than one "name =" is several answers.
+_ASSIGN_RE = re.compile(r"(?:^|[\s,;(])[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)")
+# A comma followed by a space or next to a non-digit ("72, 72", "x=1,y=2"), or a semicolon:
+# a list. "1,5" and "7,42,500" are malformed numbers (scored wrong), not lists.
+_LIST_RE = re.compile(r",\s|,(?!\d)|(?<!\d),|;")
+_SCALE = {"thousand": 10**3, "thousands": 10**3, "million": 10**6, "millions": 10**6,
+          "billion": 10**9, "billions": 10**9, "trillion": 10**12, "trillions": 10**12,
+          "hundred": 100, "hundreds": 100, "dozen": 12, "dozens": 12}
+_VOID_SCALE_RE = re.compile(r"^(?:tenth|hundredth|thousandth|millionth|billionth|trillionth)s?$", re.IGNORECASE)
+_PERCENT_WORDS = frozenset(("percent", "pct", "percentage", "percents"))
+# Words that make a statement something other than one value ("not 72", "between 3 and 4").
+_HEDGE_WORDS_RE = re.compile(
+    r"\b(?:not|never|no|isn't|aren't|cannot|can't|neither|either|or|between|maybe|perhaps|possibly|"
+    r"except|unless|at\s+least|at\s+most|more\s+than|less\s+than|fewer\s+than|greater\s+than|up\s+to)\b",
+    re.IGNORECASE,
+)
 
 
 def _last_equation_side(s: str) -> str:
     """``x = 5`` -> ``5``; ``\\frac13 \\approx 0.333`` -> ``\\frac13`` (the exact side)."""
-    if "=" in s and not any(op in s for op in ("<", ">", "\\le", "\\ge", "\\ne")):
-        s = s.rsplit("=", 1)[1].strip()
+    if "=" in s and not any(op in s for op in ("<", ">", "\\le", "\\ge")):
+        depth, cut = 0, -1
+        for i, c in enumerate(s):  # the last '=' outside braces: not the one in \sum_{k=1}
+            depth += c in "{(["
+            depth -= c in "})]"
+            if c == "=" and depth == 0:
+                cut = i
+        if cut >= 0:
+            s = s[cut + 1 :].strip()
     if _APPROX_RE.search(s):
         parts = [p.strip() for p in _APPROX_RE.split(s)]
         s = next((p for p in parts if any(c.isdigit() for c in p)), parts[-1])
@@ -140,23 +211,94 @@ def _unwrap_braces(s: str) -> str:
     return s
 
 
-def normalize_answer(raw: str) -> NormalizedAnswer:
+def _form_verdict(s: str) -> tuple[str, str] | None:
+    """A verdict from the answer's form alone, before any number is read."""
+    if _HEDGE_RE.search(s):
+        return ("no_answer", "a hedge: \\pm or a set in the answer")
+    if _RELATION_RE.search(s):
+        return ("wrong", "a relation (not equal), not a value")
+    if len(_ASSIGN_RE.findall(s)) > 1:
+        return ("no_answer", "a hedge: several assignments")
+    return None
+
+
+def _strip_tail(s: str) -> tuple[str, bool, tuple[str, str] | None]:
+    """Percent signs, trailing units and scale words: (text, percent, verdict)."""
+    s, percent = split_percent(s)
+    rest, percent_word, scale = strip_units(s)
+    if scale is not None and has_stray_words(rest):
+        rest, scale = s, None  # "It is 72 thousand": the words step reads the scale word
+    if isinstance(scale, str):
+        return rest, percent, ("no_answer", f"scale word {scale!r} cannot be read as a value")
+    if scale is not None:
+        rest = "{" + rest + "} \\times " + str(scale)
+    s = rest.rstrip(_TRAILING_PUNCT).strip()
+    if not percent:
+        s, percent = split_percent(s)  # "50% of them": the unit came after the sign
+    return s, percent or percent_word, None
+
+
+def _one_number_in_words(s: str) -> tuple[str | None, tuple[str, str] | None]:
+    """"The largest n is 34" -> "34": the only number among words, with a scale or percent
+    word right after it. (None, verdict) for hedges; (None, None) when there is no number."""
+    if _HEDGE_WORDS_RE.search(s):
+        return None, ("no_answer", "a hedge: the statement is not one value (not/or/between/at least...)")
+    pieces: list[tuple[str, str]] = []  # (math piece, the word right after it)
+    last = 0
+    stray = [m for m in _WORD_RE.finditer(s) if _is_stray(s, m)]
+    for m in stray + [None]:
+        piece = s[last : m.start()] if m is not None else s[last:]
+        if any(c.isdigit() for c in piece):
+            pieces.append((piece, m.group() if m is not None else ""))
+        if m is not None:
+            last = m.end()
+    if not pieces:
+        return None, None
+    if len(pieces) > 1:
+        return None, ("no_answer", "a hedge: several numbers stated")
+    piece, word = pieces[0]
+    piece = piece.strip(" ,;:!?").strip()
+    if word.lower() in _SCALE or word.lower() in _PERCENT_WORDS or _VOID_SCALE_RE.match(word):
+        piece += " " + word
+    return piece, None
+
+
+def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
     """Reduce an extracted answer to the expression to compare, plus its percent flag.
 
-    Order: clean LaTeX -> keep the right side of the last '=' -> drop a leading "Label:" ->
-    drop trailing punctuation -> drop trailing unit words -> split off a percent sign.
+    Order: clean LaTeX -> hedges and relations -> keep the right side of the last '=' ->
+    drop a leading "Label:" -> drop trailing punctuation, units (scale words multiply) and
+    the percent sign -> lists. With ``words`` (a final-answer statement or a box), an answer
+    that still has words is reduced to the one number among them (several numbers: a hedge).
     """
     s = clean_latex(raw)
+    verdict = _form_verdict(s)
+    if verdict is not None:
+        return NormalizedAnswer(s, False, verdict)
     s = _last_equation_side(s)
     s = _LABEL_RE.sub("", s)
     s = _unwrap_braces(s.rstrip(_TRAILING_PUNCT).strip())
-    s, percent = split_percent(s)
-    s, percent_word = strip_units(s)
-    s = s.rstrip(_TRAILING_PUNCT).strip()
-    if not percent:
-        s, percent = split_percent(s)  # "50% of them": the unit came after the sign
+    s, percent, verdict = _strip_tail(s)
+    if verdict is not None:
+        return NormalizedAnswer(s, percent, verdict)
+    if words and has_stray_words(s):
+        piece, verdict = _one_number_in_words(s)
+        if verdict is not None:
+            return NormalizedAnswer(s, percent, verdict)
+        if piece is not None:
+            inner = normalize_answer(piece)
+            return NormalizedAnswer(inner.text, inner.percent or percent, inner.verdict)
     s = _unwrap_braces(s.rstrip(_TRAILING_PUNCT).strip())
-    return NormalizedAnswer(" ".join(s.split()), percent or percent_word)
+    s = " ".join(s.split())
+    if _LIST_RE.search(s) and any(c.isdigit() for c in s):
+        return NormalizedAnswer(s, percent, ("no_answer", "a hedge: a list of values"))
+    return NormalizedAnswer(s, percent)
+
+
+def _is_stray(s: str, m: re.Match) -> bool:
+    if m.start() > 0 and s[m.start() - 1] == "\\":
+        return False  # a LaTeX command
+    return len(m.group()) >= 2 and m.group().lower() not in MATH_WORDS
 
 
 def has_stray_words(s: str) -> bool:
@@ -165,9 +307,4 @@ def has_stray_words(s: str) -> bool:
     "72 and 73" or "seven" would be read by math-verify as products of symbols or a set;
     a number-valued gold can never equal them, so they are scored wrong without it.
     """
-    for m in _WORD_RE.finditer(s):
-        if m.start() > 0 and s[m.start() - 1] == "\\":
-            continue  # a LaTeX command
-        if len(m.group()) >= 2 and m.group().lower() not in MATH_WORDS:
-            return True
-    return False
+    return any(_is_stray(s, m) for m in _WORD_RE.finditer(s))

@@ -47,8 +47,10 @@ _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 @dataclass(frozen=True)
 class Job:
     answer: str  # normalised answer text, without a percent sign
-    golds: tuple[tuple[int, int], ...]  # candidate gold values as (numerator, denominator)
+    # candidate gold values as (numerator, denominator, exact, decimal): see numbers.Num
+    golds: tuple[tuple[int, int, bool, bool], ...]
     rel_tol: float
+    float_rounding: int = 6
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class _Worker:
         self.outbox = Connection(parent_write, readable=False)
         self.ready = False
         self.job: int | None = None
+        # A job left running when a call's time budget ran out: its reply is dropped when it
+        # comes (or the worker is killed at its deadline); the worker takes no work till then.
+        self.stale: int | None = None
         self.deadline = time.monotonic() + startup_timeout_s  # startup, then per job
 
     def kill(self) -> None:
@@ -118,6 +123,7 @@ class WorkerPool:
         self._pid = os.getpid()
         self._failed_starts = 0
         self._broken: str | None = None  # set when workers cannot start at all
+        self._run_id = 0
         self.restarts = 0  # workers replaced after a timeout or crash (for tests/metrics)
         _LIVE_POOLS.add(self)
 
@@ -160,13 +166,15 @@ class WorkerPool:
         self._fill()
 
     # -- the work ----------------------------------------------------------------------
-    def run(self, jobs: list[Job]) -> list[JobResult]:
-        """Verify each job; one JobResult per job, in order."""
+    def run(self, jobs: list[Job], deadline: float | None = None) -> list[JobResult]:
+        """Verify each job; one JobResult per job, in order. At ``deadline`` (a
+        ``time.monotonic()`` value) the jobs not finished are ``timeout`` with detail
+        "budget"; a worker still busy with one is left to finish (its reply is dropped)."""
         if not jobs:
             return []
         with self._lock:
             self._adopt_after_fork()
-            return self._run(jobs)
+            return self._run(jobs, deadline)
 
     def wait_ready(self, timeout_s: float = 120.0) -> bool:
         """Start the workers if needed and block until all are warm; False if they are not."""
@@ -181,7 +189,9 @@ class WorkerPool:
                 self._pump([], max_wait=left)
             return self._broken is None
 
-    def _run(self, jobs: list[Job]) -> list[JobResult]:
+    def _run(self, jobs: list[Job], deadline: float | None) -> list[JobResult]:
+        self._run_id += 1
+        base = self._run_id * 1_000_000_000  # job ids never repeat across runs
         results: list[JobResult | None] = [None] * len(jobs)
         queue = collections.deque(range(len(jobs)))
         for w in list(self._workers):  # died while idle (OOM killer, ...)
@@ -190,17 +200,28 @@ class WorkerPool:
         self._fill()
         while True:
             if self._broken is not None:
-                for j in list(queue) + [w.job for w in self._workers if w.job is not None]:
+                for j in list(queue) + [w.job - base for w in self._workers if w.job is not None]:
                     results[j] = JobResult("error", self._broken)
+                self._detach_all()
                 return [r for r in results]  # type: ignore[misc]
-            self._dispatch(jobs, queue)
+            if deadline is not None and time.monotonic() >= deadline:
+                for j in list(queue) + [w.job - base for w in self._workers if w.job is not None]:
+                    results[j] = JobResult("timeout", "budget")
+                self._detach_all()
+                return [r for r in results]  # type: ignore[misc]
+            self._dispatch(jobs, queue, base)
             if not queue and all(w.job is None for w in self._workers):
                 return [r for r in results]  # type: ignore[misc]
-            self._pump(results)
+            self._pump(results, max_wait=None if deadline is None else max(0.0, deadline - time.monotonic()), base=base)
 
-    def _pump(self, results: list[JobResult | None], max_wait: float | None = None) -> None:
+    def _detach_all(self) -> None:
+        for w in self._workers:
+            if w.job is not None:
+                w.stale, w.job = w.job, None
+
+    def _pump(self, results: list[JobResult | None], max_wait: float | None = None, base: int = 0) -> None:
         """Wait for messages or the nearest deadline, handle them, enforce deadlines."""
-        waiting = [w for w in self._workers if w.job is not None or not w.ready]
+        waiting = [w for w in self._workers if w.job is not None or w.stale is not None or not w.ready]
         if not waiting:  # work left but no worker at all: cannot happen unless broken
             self._broken = self._broken or "no verifier worker is running"
             return
@@ -209,39 +230,41 @@ class WorkerPool:
             timeout = min(timeout, max_wait)
         by_conn = {w.inbox: w for w in waiting}
         for conn in wait(list(by_conn), timeout):
-            self._receive(by_conn[conn], results)  # type: ignore[index]
+            self._receive(by_conn[conn], results, base)  # type: ignore[index]
         now = time.monotonic()
         for w in list(self._workers):
-            if now < w.deadline or (w.job is None and w.ready):
+            if now < w.deadline or (w.job is None and w.stale is None and w.ready):
                 continue
             if w.job is not None:
-                results[w.job] = JobResult("timeout", f"math-verify ran past {self.timeout_s:g}s; worker killed")
+                results[w.job - base] = JobResult("timeout", f"math-verify ran past {self.timeout_s:g}s; worker killed")
+            elif w.stale is not None:
+                pass  # a job from a call whose budget ran out: nobody waits for it
             else:
                 self._failed_start(f"a verifier worker did not start within {self.startup_timeout_s:g}s")
             self._replace(w)
 
-    def _dispatch(self, jobs: list[Job], queue: collections.deque) -> None:
+    def _dispatch(self, jobs: list[Job], queue: collections.deque, base: int) -> None:
         for w in self._workers:
             if not queue:
                 return
-            if w.ready and w.job is None:
+            if w.ready and w.job is None and w.stale is None:
                 j = queue.popleft()
                 try:
-                    w.outbox.send((j, jobs[j].answer, list(jobs[j].golds), jobs[j].rel_tol))
+                    w.outbox.send((base + j, jobs[j].answer, list(jobs[j].golds), jobs[j].rel_tol, jobs[j].float_rounding))
                 except (OSError, ValueError):
                     queue.appendleft(j)  # never reached the worker: retry elsewhere
                     self._replace(w)
                     return
-                w.job = j
+                w.job = base + j
                 w.deadline = time.monotonic() + self.timeout_s
 
-    def _receive(self, w: _Worker, results: list[JobResult | None]) -> None:
+    def _receive(self, w: _Worker, results: list[JobResult | None], base: int = 0) -> None:
         try:
             message = w.inbox.recv()
         except (EOFError, OSError):
             code = w.proc.poll()
             if w.job is not None:
-                results[w.job] = JobResult("error", f"verifier worker died (exit code {code}) on this answer")
+                results[w.job - base] = JobResult("error", f"verifier worker died (exit code {code}) on this answer")
             elif not w.ready:
                 self._failed_start(f"a verifier worker exited during start-up (exit code {code})")
             self._replace(w)
@@ -254,11 +277,13 @@ class WorkerPool:
             logger.error("%s; non-numeric answers will score 0 with outcome 'error'", self._broken)
             w.kill()
             self._workers.remove(w)
+        elif message[0] == w.stale:
+            w.stale = None  # the late reply of a call that already returned: dropped
         elif message[0] == w.job:
             if message[1] == "ok":
-                results[w.job] = JobResult("correct" if message[2] else "wrong", message[3])
+                results[w.job - base] = JobResult("correct" if message[2] else "wrong", message[3])
             else:
-                results[w.job] = JobResult("error", message[2])
+                results[w.job - base] = JobResult("error", message[2])
             w.job = None
 
     def _failed_start(self, reason: str) -> None:

@@ -1,10 +1,14 @@
 """The numeric verifier: extraction, exact fast path, isolated math-verify slow path, cache.
 
-    completion --extract--> raw answer --normalise--> text (+ percent flag)
-        -> cache hit?             -> cached verdict
-        -> plain number?          -> exact Fraction comparison           (fast path)
-        -> words / too long / ... -> wrong without math-verify            (fast path)
-        -> otherwise              -> math-verify in a worker process      (slow path)
+    completion --extract--> raw answer --normalise--> text (+ percent flag, or a verdict
+                                                       from its form: hedge, relation)
+        -> cache hit?                     -> cached verdict
+        -> plain number?                  -> exact comparison / 6-decimal rounding (fast path)
+        -> words / too long / too large   -> wrong without math-verify            (fast path)
+        -> otherwise                      -> math-verify in a worker process      (slow path)
+
+A call has a wall-time budget (``batch_timeout_s``): what is not verified by then scores
+``timeout``. Timeouts are never cached (the same answer may finish when the pool is idle).
 
 Semantics are written up in the project README ("The numeric verifier"). Contract errors (lists of different
 lengths, an unknown extraction policy) raise; nothing that happens while verifying does:
@@ -18,6 +22,7 @@ import logging
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
@@ -29,9 +34,11 @@ from rlvr.rewards.numbers import (
     MAX_DEPTH,
     AnswerRejected,
     NotPlainNumber,
-    close_enough,
+    Num,
     gold_candidates,
-    parse_plain_number,
+    numbers_equal,
+    parse_number,
+    value_too_large,
 )
 from rlvr.rewards.pool import Job, WorkerPool
 
@@ -43,6 +50,7 @@ _SHOWN_CHARS = 1000  # VerifyResult.extracted keeps at most this much of the ans
 _LOG_CHARS = 200
 _MAX_LOG_LINES = 100
 _SEVERAL_NUMBERS_RE = re.compile(r"\d\s+\d")
+_BAD_GROUPING_RE = re.compile(r"\d,\d")
 
 
 @dataclass(frozen=True)
@@ -135,30 +143,40 @@ def _nesting_depth(s: str) -> int:
 
 
 class Verifier:
-    """Scores completions against single-number golds. See the README, "The numeric verifier".
+    """Scores completions against number golds. See the README, "The numeric verifier".
 
     Args:
-        answer_extraction: "boxed" (last \\boxed/\\fbox, else a final-answer phrase at the
-            end) or "last_number" (the last number anywhere).
-        rel_tol: relative tolerance for non-integer golds (integer golds compare exactly).
+        answer_extraction: "boxed" (last \\boxed/\\fbox, else a final-answer statement, else a
+            completion that is only an answer) or "last_number" (the last number anywhere).
+        rel_tol: extra relative tolerance on top of the equality rule (0 = none, the default).
         timeout_s: wall-clock limit per answer in math-verify; the worker is then killed.
         num_workers: math-verify worker processes (started lazily, per process/rank).
         cache_size: LRU entries of (answer, gold) verdicts; 0 disables the cache.
         worker_memory_mb: address-space limit of each worker.
+        batch_timeout_s: wall-clock budget of one ``verify_batch`` call; answers not verified
+            by then score ``timeout`` (None or 0: no budget).
+        float_rounding: decimal places both sides are rounded to when either is a decimal.
     """
 
-    def __init__(self, answer_extraction: str = "boxed", rel_tol: float = 1e-6, timeout_s: float = 5.0,
-                 num_workers: int = 2, cache_size: int = 100_000, worker_memory_mb: int = 2048):
+    def __init__(self, answer_extraction: str = "boxed", rel_tol: float = 0.0, timeout_s: float = 5.0,
+                 num_workers: int = 2, cache_size: int = 100_000, worker_memory_mb: int = 2048,
+                 batch_timeout_s: float | None = 20.0, float_rounding: int = 6):
         if answer_extraction not in EXTRACTION_POLICIES:
             raise ValueError(f"answer_extraction must be one of {EXTRACTION_POLICIES}, got {answer_extraction!r}")
         if not (isinstance(rel_tol, (int, float)) and math.isfinite(rel_tol) and 0 <= rel_tol < 1):
             raise ValueError(f"rel_tol must be a float in [0, 1), got {rel_tol!r}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0 (0 disables the cache), got {cache_size}")
+        if batch_timeout_s is not None and not (isinstance(batch_timeout_s, (int, float)) and batch_timeout_s >= 0):
+            raise ValueError(f"batch_timeout_s must be a number of seconds >= 0 (0 or None: no budget), got {batch_timeout_s!r}")
+        if not (isinstance(float_rounding, int) and 0 <= float_rounding <= 15):
+            raise ValueError(f"float_rounding must be an integer in [0, 15] (decimal places), got {float_rounding!r}")
         self.answer_extraction = answer_extraction
         self.rel_tol = float(rel_tol)
         self._tol = Fraction(repr(self.rel_tol))  # 1e-6 exactly, not its binary float
         self.timeout_s = float(timeout_s)
+        self.batch_timeout_s = float(batch_timeout_s) if batch_timeout_s else None
+        self.float_rounding = float_rounding
         self._pool = WorkerPool(num_workers=num_workers, timeout_s=timeout_s, memory_mb=worker_memory_mb)
         self._cache = _LRU(cache_size)
         self._golds = _LRU(max(cache_size, 1024))  # gold text -> Gold | GoldParseError
@@ -193,12 +211,17 @@ class Verifier:
 
     def verify_batch(self, completions: Sequence[str], golds: Sequence[Gold | str]) -> list[VerifyResult]:
         """One VerifyResult per completion. Never raises except for a length mismatch
-        (and Ctrl-C, which still stops the run)."""
+        (and Ctrl-C, which still stops the run). Returns within ``batch_timeout_s`` (plus
+        the few milliseconds one answer's fast path can take)."""
         if len(completions) != len(golds):
             raise ValueError(f"verify_batch got {len(completions)} completions but {len(golds)} golds")
+        deadline = time.monotonic() + self.batch_timeout_s if self.batch_timeout_s else None
         results: list[VerifyResult | None] = [None] * len(completions)
         slow: dict[tuple, tuple[Job, list[tuple[int, str, bool]]]] = {}
         for i, (completion, gold) in enumerate(zip(completions, golds)):
+            if deadline is not None and time.monotonic() > deadline:
+                results[i] = VerifyResult(0.0, "timeout", None, False, True, detail=self._budget_detail())
+                continue
             try:
                 item = self._first_pass(completion, gold)
             except KeyboardInterrupt:
@@ -212,8 +235,11 @@ class Verifier:
                 key, job, shown, has_boxed = item
                 slow.setdefault(key, (job, []))[1].append((i, shown, has_boxed))
         if slow:
-            self._slow_pass(slow, results)
+            self._slow_pass(slow, results, deadline)
         return results  # type: ignore[return-value]
+
+    def _budget_detail(self) -> str:
+        return f"the call's time budget (batch_timeout_s={self.batch_timeout_s:g}) ran out before this answer"
 
     def _first_pass(self, completion: Any, gold: Gold | str):
         """A VerifyResult, or (cache key, Job, shown answer, has_boxed) for the slow path."""
@@ -227,11 +253,14 @@ class Verifier:
         if isinstance(gold_obj, str):  # checked first: a bad gold is the dataset's bug
             return self._failure("error", gold_obj, str(gold), shown, has_boxed)
         if raw is None:
-            return VerifyResult(0.0, "no_answer", None, has_boxed, True, detail="no final answer found")
+            return VerifyResult(0.0, "no_answer", None, has_boxed, True, detail=extraction.detail or "no final answer found")
         if len(raw) > MAX_ANSWER_CHARS:
             return VerifyResult(0.0, "wrong", shown, has_boxed, True, detail=f"answer longer than {MAX_ANSWER_CHARS} characters")
-        answer = normalize_answer(raw)
-        key = (self.answer_extraction, self.rel_tol, answer.key(), gold_obj.value, gold_obj.percent)
+        # A box or a statement may hold words around its one number; a bare completion may not.
+        answer = normalize_answer(raw, words=extraction.source in ("box", "statement"))
+        gold_num = gold_obj.num
+        key = (self.answer_extraction, self.rel_tol, self.float_rounding, answer.key(), answer.verdict,
+               gold_num, gold_obj.percent)
         verdict = self._cache.get(key)
         if verdict is not None:
             return self._result(verdict, shown, has_boxed, cached=True)
@@ -239,40 +268,49 @@ class Verifier:
         if verdict is not None:
             self._cache.put(key, verdict)
             return self._result(verdict, shown, has_boxed)
-        candidates = gold_candidates(gold_obj.value, gold_obj.percent, answer.percent)
-        job = Job(answer.text, tuple((c.numerator, c.denominator) for c in candidates), self.rel_tol)
+        candidates = gold_candidates(gold_num, gold_obj.percent, answer.percent)
+        job = Job(answer.text, tuple((c.value.numerator, c.value.denominator, c.exact, c.decimal) for c in candidates),
+                  self.rel_tol, self.float_rounding)
         return key, job, shown, has_boxed
 
     def _fast(self, answer: NormalizedAnswer, gold: Gold) -> _Verdict | None:
         """Decide without math-verify when possible; None means 'needs math-verify'."""
+        if answer.verdict is not None:
+            return _Verdict(answer.verdict[0], True, answer.verdict[1])
         text = answer.text
         if not text:
             return _Verdict("no_answer", True, "empty answer")
         if _nesting_depth(text) > MAX_DEPTH:
             return _Verdict("wrong", True, f"answer nested deeper than {MAX_DEPTH} levels")
         try:
-            value = parse_plain_number(text)
+            value: Num | None = parse_number(text)
         except AnswerRejected as e:
             return _Verdict("wrong", True, str(e))
         except NotPlainNumber:
             value = None
         if value is not None:
-            candidates = gold_candidates(gold.value, gold.percent, answer.percent)
-            if any(close_enough(value, c, self._tol) for c in candidates):
-                return _Verdict("correct", True, "equal (exact rational comparison)")
-            return _Verdict("wrong", True, "not equal (exact rational comparison)")
+            candidates = gold_candidates(gold.num, gold.percent, answer.percent)
+            if any(numbers_equal(value, c, self.float_rounding, self._tol) for c in candidates):
+                return _Verdict("correct", True, "equal (exact, or both rounded to "
+                                f"{self.float_rounding} decimal places)")
+            return _Verdict("wrong", True, "not equal")
         if has_stray_words(text):
             return _Verdict("wrong", True, "answer contains words, not a number")
         if not any(c.isdigit() or c == "\\" or not c.isascii() for c in text):
             return _Verdict("wrong", True, "answer contains no number")
         if _SEVERAL_NUMBERS_RE.search(text):
             return _Verdict("wrong", True, "answer contains several numbers")
+        if _BAD_GROUPING_RE.search(text):
+            return _Verdict("wrong", True, "malformed thousands grouping or a decimal comma")
+        too_large = value_too_large(text)
+        if too_large is not None:
+            return _Verdict("wrong", True, f"value too large to compare: {too_large}")
         return None
 
-    def _slow_pass(self, slow: dict, results: list[VerifyResult | None]) -> None:
+    def _slow_pass(self, slow: dict, results: list[VerifyResult | None], deadline: float | None) -> None:
         keys = list(slow)
         try:
-            outcomes = self._pool.run([slow[k][0] for k in keys])
+            outcomes = self._pool.run([slow[k][0] for k in keys], deadline=deadline)
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - the pool should never raise; be sure
@@ -281,12 +319,13 @@ class Verifier:
         for n, key in enumerate(keys):
             job, items = slow[key]
             if outcomes is not None:
-                verdict = _Verdict(outcomes[n].outcome, False, outcomes[n].detail)
+                detail = outcomes[n].detail if outcomes[n].detail != "budget" else self._budget_detail()
+                verdict = _Verdict(outcomes[n].outcome, False, detail)
             else:
                 verdict = _Verdict("error", False, failure)
             if verdict.outcome in ("timeout", "error"):
                 _log_once(verdict.outcome, verdict.detail, job.answer)
-            if verdict.outcome != "error":  # a hang is deterministic; a crash may not be
+            else:  # a timeout or a crash is not a verdict: the same answer may finish later
                 self._cache.put(key, verdict)
             for i, shown, has_boxed in items:
                 results[i] = self._result(verdict, shown, has_boxed)
