@@ -30,6 +30,8 @@ NORMAL = [  # (completion, gold, reward): fast and slow path, both directions
     ("\\boxed{2\\pi}", "6.28", 0.0),
     ("\\boxed{\\sqrt{9}}", "3", 1.0),
     ("no answer here, 7", "7", 0.0),
+    ("\\boxed{2\\cos(0)}", "2", 1.0),  # math-verify (slow path)
+    ("\\boxed{\\sin(\\pi/6)}", "0.6", 0.0),
 ]
 
 
@@ -52,7 +54,8 @@ _fresh = iter(range(1000, 10_000))  # answers no other test uses
 def _check_healthy(verifier):
     """The pool still verifies: new slow-path answers (never cached) and the NORMAL table."""
     n = next(_fresh)
-    fresh = verifier.verify_batch([f"\\boxed{{\\sqrt{{{n * n}}}}}", f"\\boxed{{\\sqrt{{{n * n + 1}}}}}"], [str(n), str(n)])
+    # trig is read by math-verify only (closed forms such as \sqrt are decided on the fast path)
+    fresh = verifier.verify_batch([f"\\boxed{{{n}\\cos(0)}}", f"\\boxed{{{n + 1}\\cos(0)}}"], [str(n), str(n)])
     assert [(r.reward, r.cached, r.fast_path) for r in fresh] == [(1.0, False, False), (0.0, False, False)]
     results = verifier.verify_batch([c for c, _, _ in NORMAL], [g for _, g, _ in NORMAL])
     assert [r.reward for r in results] == [r for _, _, r in NORMAL]
@@ -160,7 +163,7 @@ def test_a_call_never_runs_past_its_time_budget(monkeypatch):
             assert r.reward == reward or (r.outcome == "timeout" and not r.fast_path)
         # the next call is not blocked by the workers still busy with the abandoned answers
         start = time.perf_counter()
-        again = v.verify_batch(["\\boxed{7}", "\\boxed{\\sqrt{9}}"], ["7", "3"])
+        again = v.verify_batch(["\\boxed{7}", "\\boxed{3\\cos(0)}"], ["7", "3"])
         assert time.perf_counter() - start < 2.6
         assert again[0].reward == 1.0 and again[1].outcome in ("correct", "timeout")
         assert not any(r.cached for r in v.verify_batch(hangs, ["5"] * 4))  # timeouts were not cached
@@ -196,7 +199,7 @@ def test_no_exception_of_any_kind_escapes(monkeypatch, caplog):
 
     monkeypatch.setattr(v.pool, "run", explode)
     with caplog.at_level(logging.WARNING, logger="rlvr.rewards.verifier"):
-        results = v.verify_batch(["\\boxed{\\sqrt{7}}", "\\boxed{\\sqrt{7}}", "\\boxed{7}"], ["2.6457513", "2.6457513", "7"])
+        results = v.verify_batch(["\\boxed{7\\cos(0)}", "\\boxed{7\\cos(0)}", "\\boxed{7}"], ["7", "7", "7"])
     assert [(r.outcome, r.reward) for r in results] == [("error", 0.0), ("error", 0.0), ("correct", 1.0)]
     assert "FakeTimeout" in results[0].detail
     assert sum("FakeTimeout" in rec.getMessage() for rec in caplog.records) == 1  # logged once
@@ -281,9 +284,9 @@ def test_repeated_pairs_are_verified_once(verifier, monkeypatch):
     sent = []
     real_run = v.pool.run
     monkeypatch.setattr(v.pool, "run", lambda jobs, deadline=None: sent.extend(jobs) or real_run(jobs, deadline))
-    batch = ["\\boxed{\\sqrt{3}}"] * 8 + ["\\boxed{ \\sqrt{3} }"] * 4  # normalised to the same answer
-    first = v.verify_batch(batch, ["1.7320508076"] * 12)
-    second = v.verify_batch(batch, ["1.7320508076"] * 12)
+    batch = ["\\boxed{3\\cos(0)}"] * 8 + ["\\boxed{ 3\\cos(0) }"] * 4  # normalised to the same answer
+    first = v.verify_batch(batch, ["3"] * 12)
+    second = v.verify_batch(batch, ["3"] * 12)
     assert len(sent) == 1
     assert all(r.reward == 1.0 for r in first + second)
     assert not any(r.cached for r in first) and all(r.cached for r in second)
@@ -302,5 +305,5 @@ def test_close_stops_workers_and_the_verifier_restarts_lazily(verifier):
     procs = [w.proc for w in verifier.pool._workers]
     verifier.close()
     assert all(p.poll() is not None for p in procs) and verifier.pool._workers == []
-    assert verifier.verify("\\boxed{\\sqrt{25}}", "5").reward == 1.0  # starts again
+    assert verifier.verify("\\boxed{5\\cos(0)}", "5").reward == 1.0  # starts again
     assert len(verifier.pool._workers) == 2

@@ -84,6 +84,8 @@ def parse_gold(text: str) -> Gold:
     body = norm.text
     if not body:
         raise GoldParseError(f"gold answer {text!r:.80} is empty; expected a single number")
+    if re.fullmatch(r"[A-Za-z]", body):
+        raise GoldParseError(f"gold answer {text!r:.80} is a letter (a choice?), not a number")
     if _DOUBLE_SIGN_RE.search(body) or body.count("/") > 1:
         raise GoldParseError(f"gold answer {text!r:.80} is not one number (ambiguous signs or slashes)")
     try:

@@ -165,7 +165,10 @@ def strip_units(s: str) -> tuple[str, bool, int | str | None]:
 _RELATION_RE = re.compile(r"!=|≠|¬|<>|\\(?:ne|neq|neg|not|lnot)(?![A-Za-z])")
 _HEDGE_RE = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|±|∓|\\\{|\\\}|\\(?:lbrace|rbrace|cup|cap)(?![A-Za-z])")
 # x=72, y=68 / x=72 \quad y=68: more than one "name =" is several answers.
-_ASSIGN_RE = re.compile(r"(?:^|[\s,;(])[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)")
+_ASSIGN_RE = re.compile(r"(?:^|[\s,;(])[A-Za-z]+(?:_\{?\w+\}?)?'*\s*=(?!=)")
+# The left side of an assignment: a name or label, optional subscript, primes and arguments.
+_NAME_RE = re.compile(r"(?:\\[A-Za-z]+\s*)?[A-Za-z][A-Za-z ]{0,40}(?:_\{?[^{}=]*\}?)?'*(?:\s*\([^()=]*\))?|\\[A-Za-z]+")
+_LETTER_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]")
 # A comma followed by a space or next to a non-digit ("72, 72", "x=1,y=2"), or a semicolon:
 # a list. "1,5" and "7,42,500" are malformed numbers (scored wrong), not lists.
 _LIST_RE = re.compile(r",\s|,(?!\d)|(?<!\d),|;")
@@ -182,21 +185,31 @@ _HEDGE_WORDS_RE = re.compile(
 )
 
 
-def _last_equation_side(s: str) -> str:
-    """``x = 5`` -> ``5``; ``\\frac13 \\approx 0.333`` -> ``\\frac13`` (the exact side)."""
+def _last_equation_side(s: str, words: bool = False) -> tuple[str, tuple[str, str] | None]:
+    """``x = 5`` -> ``5``; ``\\frac13 \\approx 0.333`` -> ``\\frac13`` (the exact side).
+
+    Only an assignment is reduced to its value: the left side must be a name (``x``,
+    ``a_{37}``, ``f(2)``, ``\\text{Area}``) or a plain computation (``5+5+1 = 11``). Another
+    equation (``2x + z = 1``) is not a value: verdict wrong (in ``words`` mode it is left
+    for the words step, which may find ``6 \\times 12 = 72`` inside a sentence)."""
     if "=" in s and not any(op in s for op in ("<", ">", "\\le", "\\ge")):
-        depth, cut = 0, -1
-        for i, c in enumerate(s):  # the last '=' outside braces: not the one in \sum_{k=1}
+        depth, first, cut = 0, -1, -1
+        for i, c in enumerate(s):  # '=' outside braces only: not the one in \sum_{k=1}
             depth += c in "{(["
             depth -= c in "})]"
             if c == "=" and depth == 0:
+                first = i if first < 0 else first
                 cut = i
         if cut >= 0:
-            s = s[cut + 1 :].strip()
+            left = s[:first].strip()
+            if _NAME_RE.fullmatch(left) or not _LETTER_RE.search(left):
+                s = s[cut + 1 :].strip()
+            elif not words:
+                return s, ("wrong", "an equation, not a value")
     if _APPROX_RE.search(s):
         parts = [p.strip() for p in _APPROX_RE.split(s)]
         s = next((p for p in parts if any(c.isdigit() for c in p)), parts[-1])
-    return s
+    return s, None
 
 
 def _unwrap_braces(s: str) -> str:
@@ -275,7 +288,11 @@ def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
     verdict = _form_verdict(s)
     if verdict is not None:
         return NormalizedAnswer(s, False, verdict)
-    s = _last_equation_side(s)
+    if not words and _LIST_RE.search(s) and any(c.isdigit() for c in s):
+        return NormalizedAnswer(s, False, ("no_answer", "a hedge: a list of values"))
+    s, verdict = _last_equation_side(s, words)
+    if verdict is not None:
+        return NormalizedAnswer(s, False, verdict)
     s = _LABEL_RE.sub("", s)
     s = _unwrap_braces(s.rstrip(_TRAILING_PUNCT).strip())
     s, percent, verdict = _strip_tail(s)

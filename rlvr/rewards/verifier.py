@@ -3,7 +3,7 @@
     completion --extract--> raw answer --normalise--> text (+ percent flag, or a verdict
                                                        from its form: hedge, relation)
         -> cache hit?                     -> cached verdict
-        -> plain number?                  -> exact comparison / 6-decimal rounding (fast path)
+        -> plain number or closed form?   -> exact comparison / 6-decimal rounding (fast path)
         -> words / too long / too large   -> wrong without math-verify            (fast path)
         -> otherwise                      -> math-verify in a worker process      (slow path)
 
@@ -305,7 +305,16 @@ class Verifier:
         too_large = value_too_large(text)
         if too_large is not None:
             return _Verdict("wrong", True, f"value too large to compare: {too_large}")
-        return None
+        try:  # a closed form read like the golds: \sqrt{3}, 3\sqrt{13}, \frac{\pi}{4}, 2+3
+            value = parse_number(text, closed_form=True)
+        except AnswerRejected as e:
+            return _Verdict("wrong", True, str(e))
+        except (NotPlainNumber, ArithmeticError, ValueError):
+            return None  # anything else (trig, logs, sums, sets...): math-verify
+        if any(numbers_equal(value, c, self.float_rounding, self._tol)
+               for c in gold_candidates(gold.num, gold.percent, answer.percent)):
+            return _Verdict("correct", True, "equal closed form (numerically, 40 digits; or rounded when a side is a decimal)")
+        return _Verdict("wrong", True, "not equal (closed form evaluated numerically)")
 
     def _slow_pass(self, slow: dict, results: list[VerifyResult | None], deadline: float | None) -> None:
         keys = list(slow)
