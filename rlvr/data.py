@@ -328,7 +328,7 @@ def load_examples(paths: list[str], cfg: DataConfig, processor) -> tuple[list[Ex
                 example.id = f"{example.id}#{report.total_rows}"
             seen_ids.add(example.id)
             examples.append(example)
-    if report.skipped:
+    if report.skipped and examples:  # with none left, the error below says it once
         logger.warning("data %s: %s", ",".join(paths), report.summary())
     if not examples:
         raise DataError(f"no usable rows in {paths}: {report.summary()}")

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from datetime import timedelta
 
 import torch
@@ -210,10 +211,17 @@ class StopSignal:
     only the training loop knows. ``received`` names the first signal (e.g. "SIGUSR1").
     Ctrl-C is the first SIGINT: treated like SIGTERM (checkpoint, then stop); a second SIGINT
     means "now": the process exits at once with 128 + SIGINT, without a checkpoint (the last
-    complete one stays; checkpoints are written atomically). Under ``accelerate launch`` a
-    terminal's Ctrl-C reaches every rank, and the launcher also sends SIGTERM to its workers
-    after its own SIGINT; the first signal counts, so both read as one stop request.
+    complete one stays; checkpoints are written atomically).
+
+    Under ``accelerate launch`` (torchrun) a terminal's Ctrl-C reaches every rank and the
+    launcher, which forwards its own SIGINT to the ranks at once: a SIGINT within
+    ``SAME_CTRL_C_S`` of the first is that echo, not a second Ctrl-C. The launcher then gives
+    its workers 30 s before it kills them (torch's fixed shutdown timeout), so a step plus
+    checkpoint longer than that ends without the new checkpoint (the previous one stays); for
+    long steps signal the training processes themselves (SIGTERM/SIGUSR1; SLURM: --signal).
     """
+
+    SAME_CTRL_C_S = 1.0
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
     # ranks agree on the largest: SIGUSR1 wins (requeue), then SIGTERM, then SIGINT
@@ -221,6 +229,7 @@ class StopSignal:
 
     def __init__(self):
         self.received: str | None = None
+        self._first_at = 0.0  # time.monotonic() of the first signal
         self._previous: dict[int, object] = {}
 
     def agree(self, accelerator) -> str | None:
@@ -231,10 +240,10 @@ class StopSignal:
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is None:
-            self.received = name
+            self.received, self._first_at = name, time.monotonic()
             again = "; press Ctrl-C again to abort without one" if name == "SIGINT" else ""
             os.write(2, f"rlvr: got {name}; will checkpoint at the end of this step and stop{again}\n".encode())
-        elif name == "SIGINT":
+        elif name == "SIGINT" and time.monotonic() - self._first_at > self.SAME_CTRL_C_S:
             os.write(2, b"rlvr: second SIGINT; aborting now, without a checkpoint (the newest complete one stays; "
                         b"continue with the same command and resume=auto)\n")
             os._exit(128 + signal.SIGINT)

@@ -111,3 +111,93 @@ def test_eval_samples_plots_and_offline_wandb_during_training(qwen25_dir, tiny_d
     import glob
 
     assert glob.glob(str(out_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+
+
+# ---------------------------------------------------------------- bad inputs: one message, never a traceback
+
+
+def assert_one_message(result, code: int, message: str) -> str:
+    """Exit ``code``, ``message`` printed exactly once, and no traceback anywhere in the output."""
+    out = result.stdout + result.stderr
+    assert result.returncode == code, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert out.count(message) == 1, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = json.dumps({"id": "ok", "question": "What is 1+1?", "answer": "2"})
+    (d / "gold.jsonl").write_text(good + "\n" + json.dumps({"id": "g", "question": "Q?", "answer": "seven"}) + "\n")
+    (d / "problem.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "problem": "What is 1+1?", "answer": "2"})
+                                             + "\n" for i in range(3)))
+    (d / "latin1.jsonl").write_bytes((good + "\n").encode() + '{"id": "l", "question": "Qu\xe9?", "answer": "2"}\n'
+                                     .encode("latin-1") + (good.replace('"ok"', '"ok2"') + "\n").encode())
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing_data", "strict_bad_row", "wrong_question_key", "missing_recipe",
+                                  "missing_model", "bad_override"])
+def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files, tmp_path, case):
+    out_dir = tmp_path / "run"
+    cases = {
+        "missing_data": ([f"data.train_files={bad_files}/absent.jsonl"],
+                         f"error: data file not found: {bad_files}/absent.jsonl\n"),
+        "strict_bad_row": ([f"data.train_files={bad_files}/gold.jsonl", "data.strict=true"],
+                           f"error: {bad_files}/gold.jsonl:2 (id g): gold answer 'seven' is not a single number"),
+        "wrong_question_key": ([f"data.train_files={bad_files}/problem.jsonl"],
+                               "the row has ['id', 'problem', 'answer']; if the question is in 'problem', set "
+                               "data.question_key=problem\n"),
+        "missing_recipe": (["--config", str(tmp_path / "nope.yaml")],
+                           f"config error: Cannot read config file '{tmp_path / 'nope.yaml'}': No such file or directory."),
+        "missing_model": ([f"model.name_or_path={tmp_path / 'no-model'}"],
+                          f"FAIL  model.name_or_path={tmp_path / 'no-model'}:"),  # "no such folder" on the next line
+        "bad_override": (["trainer.lr"], "config error: Unrecognised command-line argument 'trainer.lr'"),
+    }
+    extra, message = cases[case]
+    args = _small(qwen25_dir, tiny_data, out_dir, "checkpoint.save_final_model=false")
+    if extra[0] == "--config":
+        args = extra + args[2:]
+    else:
+        args += extra
+    out = assert_one_message(run(args), 2, message)
+    print(f"{case}: {out.strip().splitlines()[-1]}")
+
+
+def test_a_line_that_is_not_utf8_is_skipped_and_counted_in_training(qwen25_dir, tiny_data, bad_files, tmp_path):
+    result = run(_small(qwen25_dir, tiny_data, tmp_path / "run", f"data.train_files={bad_files}/latin1.jsonl",
+                        "trainer.max_steps=1", "checkpoint.save_final_model=false", "log.plots=false"))
+    assert_one_message(result, 0, f"3 rows, skipped 1 (1 not_utf8); first: {bad_files}/latin1.jsonl:2: line is not "
+                                  "UTF-8 text (byte 0xe9 at byte 28 of the line); re-encode the file as UTF-8")
+
+
+def test_help_config_lists_keys_with_defaults_at_once():
+    start = time.perf_counter()
+    out = run(["--help-config", "rollout"])
+    assert out.returncode == 0
+    assert "  rollout.group_size = 8\n      G: responses sampled per (image, question)\n" in out.stdout
+    assert "trainer.lr =" not in out.stdout
+    assert time.perf_counter() - start < 5, "--help-config must not import torch"
+    assert "--help-config" in run(["--help"]).stdout
+    bad = run(["--help-config", "rollout.group"])
+    assert bad.returncode == 2 and "Did you mean 'rollout.group_size'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_console_shows_progress_lines_and_the_log_file_the_rest(qwen25_dir, tiny_data, tmp_path):
+    """stdout/stderr are pipes here (as in a SLURM log): plain progress lines with an ETA, no \\r bar;
+    library chatter (accelerate's per-checkpoint INFO lines, warnings) only in <output_dir>/train.log."""
+    out_dir = tmp_path / "run"
+    result = run(_small(qwen25_dir, tiny_data, out_dir, "trainer.max_steps=4", "checkpoint.every_steps=2",
+                        "log.progress_bar=true", "log.print_every=2", "checkpoint.save_final_model=false",
+                        "log.plots=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert "\r" not in console
+    progress = [line for line in console.splitlines() if "rlvr.tracking: step " in line]
+    assert [line.split("rlvr.tracking: ")[1].split(" (")[0] for line in progress] == ["step 1/4", "step 2/4",
+                                                                                      "step 4/4"]
+    assert all(" | elapsed " in line and ", ETA " in line for line in progress)
+    log = (out_dir / "train.log").read_text()
+    assert "accelerate.checkpointing" in log and "accelerate" not in console.replace("accelerate launch", "")
+    assert f"rlvr: full log in {out_dir}/train.log" in console and "saved checkpoint" in log
