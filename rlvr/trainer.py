@@ -36,7 +36,7 @@ from rlvr.distributed import (StopSignal, configure_deepspeed, describe_ranks, g
 from rlvr.lora import apply_lora, inner_model, is_lora, save_adapter
 from rlvr.models import load_model, load_processor, save_processor, stop_token_ids, vision_tower
 from rlvr.plot import plot_run
-from rlvr.rollout import encode_prompt, generate, mix_seed
+from rlvr.rollout import encode_prompt, generate, response_seeds
 from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
 from rlvr.update import PolicyLogprobs, PolicyUpdate
@@ -267,7 +267,7 @@ class Trainer:
         all_indices, mine = self._local_prompts()
         examples = [self.examples[i] for i in mine]
         prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
-        seeds = [mix_seed(cfg.trainer.seed, step, i) for i in mine]
+        seeds = response_seeds(cfg.trainer.seed, step, all_indices)[acc.process_index::acc.num_processes]
         with generation_model(acc, self.model, cfg.rollout.zero3_gather_weights) as (module, synced_gpus):
             policy = inner_model(module.policy).eval()
             responses = generate(policy, prompts, cfg.rollout, self.stop_ids, self.pad_id, seeds=seeds,
