@@ -104,6 +104,8 @@ def test_decimal_flag_marks_golds_written_with_a_point():
         ("1 \\pm \\sqrt{19}", "not one number"),
         ("\\{1, 2\\}", "not one number"),
         ("x=1, y=2", "not one number"),
+        ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", "several boxed values"),
+        ("\\boxed{1} papers and \\boxed{2} bins", "several boxed values"),
         ("72 thousandths", "not one number"),
         ("Let x be the number of apples. Then 2x = 10. So x = 5.", "whole solution text"),
         ("Since 3 + 4 = 7 " + "and so on " * 40 + "the answer is \\boxed{7}", "whole solution text"),
@@ -115,6 +117,7 @@ def test_decimal_flag_marks_golds_written_with_a_point():
         ("\\frac{1}{0}", "denominator of zero"),
         ("1e999999999", "out of range"),
         ("9" * 1001, "out of range"),
+        ("\\boxed{" * 50_000, "longer than 2000"),
     ],
 )
 def test_rejected_with_reason(text, reason):

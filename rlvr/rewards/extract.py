@@ -34,18 +34,18 @@ EXTRACTION_POLICIES = ("boxed", "last_number")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _MAX_BOXES_BACK = 100  # empty boxes skipped from the end before giving up
-# Final-answer markers. Group "stmt" marks where the statement starts.
+# Final-answer markers, found on the lower-cased text from a literal ("answer", "####",
+# "答案"), so the scan is a fast substring search, not a regex tried at every position:
 #   "Answer: 72", "**Final Answer:** 72", "answer = 72", "The answer is 72", "the answer to the
-#   question is 72", "answers are"... (up to 6 plain words between "answer" and the verb),
-#   "Answer \[ 9 \]" (a bare "Answer" at the start of a line/sentence, then math), "#### 72",
+#   question is 72" (up to 6 plain words between "answer" and the verb), "Answer \[ 9 \]"
+#   (a bare "Answer" at the start of a line or sentence, then math or a line break), "#### 72",
 #   Chinese "答案是 72".
-_MARKER_RE = re.compile(
-    r"(?:\b(?:final\s+)?answer\b(?:\s*\*\*)?\s*(?::|=)"
-    r"|\b(?:final\s+)?answer(?:\s+[A-Za-z]+){0,6}?\s+(?:is|was|would\s+be|will\s+be|should\s+be|equals|=)\b\s*:?"
-    r"|(?:^|(?<=[\n.!?*#>]))[ \t*#>]*(?:final\s+)?answer\b(?:\s*\*\*)?(?=\s*(?:\$|\\\(|\\\[)|[ \t*]*\n)"
-    r"|####|答案\s*(?:是|为|:))",
-    re.IGNORECASE,
+_MARKER_FIND_RE = re.compile(r"answer|####|答案")
+_AFTER_ANSWER_RE = re.compile(
+    r"(?:\s*\*\*)?\s*(?::|=)|(?:\s+[a-z]+){0,6}?\s+(?:is|was|would\s+be|will\s+be|should\s+be|equals|=)(?![a-z])\s*:?"
 )
+_AFTER_BARE_ANSWER_RE = re.compile(r"(?:\s*\*\*)?(?=\s*(?:\$|\\\(|\\\[)|[ \t*]*\n)")
+_AFTER_ZH_RE = re.compile(r"\s*(?:是|为|:)")
 _STATEMENT_MAX = 300  # characters of one statement
 _ANSWER_TAG_RE = re.compile(r"<answer>", re.IGNORECASE)
 _ANSWER_TAG_END_RE = re.compile(r"</answer>", re.IGNORECASE)
@@ -158,14 +158,49 @@ def _statement(text: str, start: int) -> tuple[str | None, bool, str]:
     return text[begin:], False, ""
 
 
+def _bare_marker_start(lower: str, p: int) -> bool:
+    """Does the "answer" at p start a line or sentence (after "final", bold, '#', '>')?"""
+    k = p
+    while k > 0 and lower[k - 1].isspace():
+        k -= 1
+    if lower.endswith("final", 0, k):
+        k -= 5
+    else:
+        k = p
+    while k > 0 and lower[k - 1] in " \t*#>":
+        k -= 1
+    return k == 0 or lower[k - 1] in "\n.!?*#>"
+
+
+def _last_marker_end(text: str) -> int | None:
+    """Where the statement of the last final-answer marker starts, or None."""
+    lower = text.lower()
+    if len(lower) != len(text):  # a few characters change length when lower-cased
+        lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    last = None
+    for m in _MARKER_FIND_RE.finditer(lower):
+        p, q = m.start(), m.end()
+        if m.group() == "####":
+            last = q
+        elif m.group() == "答案":
+            after = _AFTER_ZH_RE.match(lower, q)
+            last = after.end() if after else last
+        elif (p == 0 or not lower[p - 1].isalnum()) and (q == len(lower) or not lower[q].isalnum()):
+            after = _AFTER_ANSWER_RE.match(lower, q)
+            if after is not None:
+                last = after.end()
+            elif _bare_marker_start(lower, p):
+                bare = _AFTER_BARE_ANSWER_RE.match(lower, q)
+                last = bare.end() if bare else last
+    return last
+
+
 def extract_statement(text: str) -> tuple[str | None, str]:
     """(the answer of the last final-answer statement, why none)."""
-    last = None
-    for last in _MARKER_RE.finditer(text):
-        pass
-    if last is None:
+    start = _last_marker_end(text)
+    if start is None:
         return None, "no box and no final-answer statement"
-    stmt, terminated, why = _statement(text, last.end())
+    stmt, terminated, why = _statement(text, start)
     if stmt is None:
         return None, why
     stmt = stmt.strip().strip("*_").strip()

@@ -6,11 +6,12 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from rlvr.rewards.extract import extract_boxed, extract_statement
+from rlvr.rewards.extract import _BOX_RE, _box_content, extract_boxed, extract_statement
 from rlvr.rewards.normalize import clean_latex, has_stray_words, normalize_answer, prepare_text
 from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, Num, parse_number
 
-_SOLUTION_CHARS = 300  # a longer gold is a solution text, not an answer
+_SOLUTION_CHARS = 300  # a longer gold with words is a solution text, not an answer
+_MAX_GOLD_CHARS = 2000  # no valid number is longer (literals have at most 1000 digits)
 _SENTENCE_RE = re.compile(r"[.!?]\s+[A-Z]")
 _DOUBLE_SIGN_RE = re.compile(r"[+-]\s*[+-]")
 
@@ -51,6 +52,8 @@ def _final_answer(s: str) -> str:
     else a final-answer statement ("The answer is 5."), else the text itself."""
     boxed, _ = extract_boxed(s)
     if boxed is not None:
+        if sum(1 for m in _BOX_RE.finditer(s) if (_box_content(s, m.end() - 1) or "").strip()) > 1:
+            raise GoldParseError(f"gold answer {s!r:.80} is not one number (several boxed values)")
         return boxed
     stated, _ = extract_statement(s)
     return stated if stated is not None else s
@@ -72,6 +75,8 @@ def parse_gold(text: str) -> Gold:
     if not isinstance(text, str):
         raise GoldParseError(f"gold answer must be a string, got {type(text).__name__}: {text!r:.80}")
     s = prepare_text(text).strip()
+    if len(s) > _MAX_GOLD_CHARS:
+        raise GoldParseError(f"gold answer {text!r:.80} is longer than {_MAX_GOLD_CHARS} characters; expected a single number")
     cleaned = clean_latex(s)
     if (len(s) > _SOLUTION_CHARS and has_stray_words(cleaned)) or len(_SENTENCE_RE.findall(cleaned)) >= 2:
         raise GoldParseError(
