@@ -114,9 +114,10 @@ class RewardConfig:
         default_factory=lambda: [RewardFunctionConfig("rlvr.rewards:numeric_reward", 1.0)]
     )
     answer_extraction: str = "boxed"  # boxed (last \boxed{...}) | last_number
-    rel_tol: float = 1e-6  # relative tolerance for numeric equality
+    rel_tol: float = 0.0  # extra relative tolerance on top of equality after rounding to 6 decimals; 0 = none
     timeout_s: float = 5.0  # per-response reward time limit, seconds
     num_workers: int = 2  # reward worker processes
+    batch_timeout_s: float = 20.0  # wall-time budget of one reward call (a batch); answers left then score 'timeout'; 0 = none
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Score a predictions file with the numeric verifier.
 
     python -m rlvr.score PREDICTIONS.jsonl [--answer-extraction boxed|last_number]
-                         [--rel-tol 1e-6] [--timeout 5] [--workers 2]
+                         [--rel-tol 0] [--timeout 5] [--workers 2]
 
 Each line is a JSON object with ``completion`` and ``answer`` (the gold; a string, or a
 JSON number) and optionally ``id``. Prints accuracy and outcome counts and writes one
@@ -63,7 +63,7 @@ def read_predictions(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 EXTRACTIONS = ("boxed", "last_number")
-DEFAULTS = {"answer_extraction": "boxed", "rel_tol": 1e-6}
+DEFAULTS = {"answer_extraction": "boxed", "rel_tol": 0.0}
 
 
 def _valid(key: str, value: Any) -> bool:
