@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -169,3 +170,165 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_stops(qwen25_dir, tmp_path
     assert open(stop_file).read().strip() == "SIGTERM"  # what launch/slurm/train.sbatch reads
     assert "continue with the same command and resume=auto" in log
     assert not os.path.exists(f"{out}/final")
+
+
+# ------------------------------------------------------------------ resuming with a changed config
+
+
+def test_lr_schedule_stays_continuous_when_max_steps_changes():
+    """Cosine from 1 to min_lr_ratio=0.1 over 4 steps; factors by hand: 0.1 + 0.9 * (1 + cos(pi * p)) / 2."""
+    from rlvr.trainer import LRSchedule
+
+    old = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=4)
+    assert [round(old(k), 5) for k in range(5)] == [1.0, 0.86820, 0.55, 0.23180, 0.1]  # p = k / 4
+    # Stopped after step 2 (p = 0.5), resumed with total 6: p goes 0.5 -> 1 over steps 2..6.
+    new = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=6)
+    assert round(new(2), 5) == 0.775  # without the anchor: p = 2/6, the lr would jump up from 0.55 to 0.775 ...
+    new.resume(old.state_dict(), step=2)
+    assert new.anchor == (2, 0.5)
+    # ... with it: 0.55 at the resume step, p = 0.625, 0.75, 0.875, 1.0 after it
+    assert [round(new(k), 5) for k in range(2, 7)] == [0.55, 0.37779, 0.23180, 0.13425, 0.1]
+    # A finished run (step 4 of 4, p = 1) extended to 6 stays at the floor: no jump back up.
+    done = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=6)
+    done.resume(old.state_dict(), step=4)
+    assert [done(k) for k in (4, 5)] == [0.1, 0.1]
+    # Extended twice: the second resume continues the first's anchored schedule (p(4) = 0.75 there).
+    again = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=8)
+    again.resume(new.state_dict(), step=4)
+    assert again.anchor == (4, 0.75) and round(again(4), 5) == round(new(4), 5) == 0.23180
+    # The same length, or a resume still inside the warmup: nothing to adjust.
+    same = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=4)
+    same.resume(old.state_dict(), step=2)
+    assert same.anchor is None and same(3) == old(3)
+    warm = LRSchedule("cosine", warmup=3, min_ratio=0.0, total=10)
+    warm.resume(LRSchedule("cosine", 3, 0.0, 6).state_dict(), step=2)
+    assert warm.anchor is None and warm(2) == 0.75 and warm(3) == 1.0
+
+
+def _run_with_config(tmp_path, step, **changes):
+    """A fake run: config.yaml, a complete checkpoint at ``step``; returns the config resumed with ``changes``."""
+    from rlvr.config import load_config, save_config
+
+    base = ["model.name_or_path=m", "data.train_files=t.jsonl", f"output_dir={tmp_path}", "trainer.max_steps=10"]
+    save_config(load_config(None, base), tmp_path / "config.yaml")
+    _fake_checkpoint(tmp_path, step)
+    return load_config(None, base + ["resume=auto"] + [f"{k}={v}" for k, v in changes.items()])
+
+
+def test_resume_plan_lists_changes_and_refuses_those_that_change_the_run(tmp_path):
+    from rlvr.checkpoint import plan_resume
+
+    plan = plan_resume(_run_with_config(tmp_path, 3, **{"trainer.max_steps": 20, "eval.every_steps": 5}))
+    assert plan.step == 3 and not plan.finished and plan.refused == []
+    assert plan.changes == [("trainer.max_steps", 10, 20), ("eval.every_steps", 0, 5)]
+    text = plan.describe()
+    assert f"resumes from {tmp_path}/checkpoints/step_000003 at step 3 of 20, with 2 change(s) to {tmp_path}/config.yaml" \
+        in text
+    assert "  trainer.max_steps: 10 -> 20\n  eval.every_steps: 0 -> 5\n" in text and "Refused" not in text
+    plan = plan_resume(_run_with_config(tmp_path / "b", 3, **{"algorithm.loss": "grpo", "trainer.lr": 1e-5}))
+    assert [k for k, _, _ in plan.refused] == ["algorithm.loss", "trainer.lr"]
+    assert "  algorithm.loss: 'sapo' -> 'grpo'   <- changes what the run means" in plan.describe()
+    assert "Refused: algorithm.loss, trainer.lr would make the rest of the run a different run" in plan.describe()
+    assert "checkpoint.allow_resume_changes=true" in plan.describe()
+    allowed = _run_with_config(tmp_path / "c", 3, **{"algorithm.loss": "grpo",
+                                                     "checkpoint.allow_resume_changes": "true"})
+    plan = plan_resume(allowed)
+    assert plan.allowed and "Refused" not in plan.describe()
+    finished = plan_resume(_run_with_config(tmp_path / "d", 10))
+    assert finished.finished and finished.describe().startswith(
+        f"the run is finished: its checkpoint {tmp_path}/d/checkpoints/step_000010 is at step 10 of trainer.max_steps=10")
+
+
+def test_the_config_compared_with_is_the_one_the_run_last_started_with(tmp_path):
+    from rlvr.checkpoint import resumed_config_name, run_config_path
+
+    assert run_config_path(str(tmp_path), 5) is None
+    (tmp_path / "config.yaml").write_text("{}")
+    (tmp_path / resumed_config_name(2)).write_text("{}")
+    (tmp_path / resumed_config_name(7)).write_text("{}")  # a later resume that never reached a checkpoint
+    assert run_config_path(str(tmp_path), 1) == str(tmp_path / "config.yaml")
+    assert run_config_path(str(tmp_path), 5) == str(tmp_path / "config.resume-000002.yaml")
+    assert run_config_path(str(tmp_path), 7) == str(tmp_path / "config.resume-000007.yaml")
+
+
+def _lrs(path):
+    return {r["step"]: r["lr"] for r in rows(path)}
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_config(qwen25_dir, tmp_path):
+    """A finished run says so; a meaning change is refused with the diff; a longer run keeps the lr
+    continuous and config.yaml original. The demo recipe: lr 3e-3, cosine down to 0.1 of it."""
+    data = make_data(str(tmp_path / "data"), rows=8)
+    out = str(tmp_path / "run")
+    args = train_args(qwen25_dir, data, out, "trainer.max_steps=4", "checkpoint.every_steps=2",
+                      "checkpoint.save_final_model=false", "log.plots=false")
+    first = run(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    straight = _lrs(f"{out}/metrics.jsonl")
+    assert straight[3] == pytest.approx(3e-3 * 0.55)
+
+    finished = run(args + ["resume=auto"])
+    text = finished.stdout + finished.stderr
+    assert finished.returncode == 0 and "nan" not in text and "Traceback" not in text, text[-3000:]
+    assert f"the run is finished: its checkpoint {out}/checkpoints/step_000004 is at step 4 of trainer.max_steps=4" \
+        in text
+    assert len(rows(f"{out}/metrics.jsonl")) == 4
+
+    refused = run(args + ["resume=auto", "trainer.max_steps=6", "algorithm.loss=grpo"])
+    text = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in text, text[-3000:]
+    assert "  algorithm.loss: 'sapo' -> 'grpo'   <- changes what the run means\n  trainer.max_steps: 4 -> 6\n" in text
+    assert text.count("Refused: algorithm.loss would make the rest of the run a different run") == 1
+
+    import shutil
+
+    shutil.rmtree(f"{out}/checkpoints/step_000004")  # as if it had stopped after step 2
+    longer = run(args + ["resume=auto", "trainer.max_steps=6"])
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert f"resumes from {out}/checkpoints/step_000002 at step 2 of 6, with 1 change(s)" in longer.stderr
+    lrs = _lrs(f"{out}/metrics.jsonl")
+    assert sorted(lrs) == [1, 2, 3, 4, 5, 6]
+    assert lrs[3] == pytest.approx(straight[3])  # the step after the resume: the lr it would have had
+    # then p = 0.625, 0.75, 0.875, 1.0 (see test_lr_schedule_stays_continuous_when_max_steps_changes)
+    assert [round(lrs[s] / 3e-3, 5) for s in (4, 5, 6)] == [0.37779, 0.23180, 0.13425]
+    from rlvr.config import load_config
+
+    assert load_config(f"{out}/config.yaml").trainer.max_steps == 4  # the original stays
+    assert load_config(f"{out}/config.resume-000002.yaml").trainer.max_steps == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_checkpoints_and_a_second_one_aborts(qwen25_dir, tmp_path, presses):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: the first checkpoints at the end of the
+    step and says how to resume; a second (later than the launcher's echo window) exits at once."""
+    data = make_data(str(tmp_path / "data"), rows=8)
+    out, log = str(tmp_path / "run"), str(tmp_path / "log.txt")
+    # long steps (600 tokens per response), so the second press lands inside step 2
+    proc = start(train_args(qwen25_dir, data, out, "trainer.max_steps=20", "rollout.max_new_tokens=600",
+                            "rollout.min_new_tokens=600", "data.max_prompt_tokens=200"), log=log)
+    try:
+        wait_for(lambda: os.path.exists(f"{out}/metrics.jsonl") and rows(f"{out}/metrics.jsonl"), 600,
+                 "the first step", proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        if presses == 2:
+            wait_for(lambda: "rlvr: got SIGINT" in open(log).read(), 30, "the first SIGINT's notice", poll=0.05)
+            time.sleep(1.5)
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    text = open(log).read()
+    assert proc.returncode == 128 + signal.SIGINT, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.count("rlvr: got SIGINT; will checkpoint at the end of this step and stop") == 1
+    steps = len(rows(f"{out}/metrics.jsonl"))
+    if presses == 1:
+        assert [s for s, _ in list_checkpoints(out)] == [steps] and steps < 20
+        assert f"stopped by SIGINT after a checkpoint in {out}/checkpoints; continue with the same command and " \
+               "resume=auto" in text
+    else:
+        assert list_checkpoints(out) == [] and "stopped by SIGINT" not in text
+        assert text.count("rlvr: second SIGINT; aborting now, without a checkpoint") == 1

@@ -235,3 +235,69 @@ def test_cli_exit_code_and_usage(qwen25_dir, data, tmp_path, capsys):
     assert "FAIL" in out and "fix the FAIL lines above before launching" in out
     with pytest.raises(SystemExit):
         main(["--config", DEMO, "not-an-override"])
+
+
+# ---------------------------------------------------------------- validate agrees with training
+
+
+def test_num_processes_gives_trainings_split_check(qwen25_dir, data, tmp_path, capsys, monkeypatch):
+    """prompts_per_step=3: fine on 1 or 3 processes, a FAIL on 2, as training would stop there."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["--config", DEMO, f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
+            f"data.val_files={data['val']}", f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=3",
+            "trainer.micro_batch_size=16"]
+    for processes, code in (("1", 0), ("3", 0), ("2", 1)):
+        assert main(argv + ["--num-processes", processes]) == code, processes
+        out = capsys.readouterr().out
+        assert ("trainer.prompts_per_step=3 does not divide among 2 processes" in out) == (processes == "2")
+        assert f"cross-field checks for {processes} process" in out or processes == "2"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a launcher: its process count
+    assert main(argv) == 1 and "does not divide among 2 processes" in capsys.readouterr().out
+
+
+def test_resume_auto_reports_what_resume_will_do(qwen25_dir, data, tmp_path):
+    from rlvr.config import save_config
+
+    out = tmp_path / "run"
+    save_config(load_config(DEMO, [f"model.name_or_path={qwen25_dir}", f"data.train_files={data['train']}",
+                                   f"data.val_files={data['val']}", f"output_dir={out}",
+                                   "trainer.prompts_per_step=4"]), out / "config.yaml")
+    ckpt = out / "checkpoints" / "step_000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"step": 2}')
+    (ckpt / "COMPLETE").write_text("2\n")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    assert any("already holds a run" in m for m in lines(run(qwen25_dir, data, tmp_path), section="Config"))
+    report = run(qwen25_dir, data, tmp_path, "resume=auto", "trainer.max_steps=300")
+    assert not report.failed, report.render()
+    (message,) = [m for m in lines(report, OK, "Config") if m.startswith("resume=auto")]
+    assert message.startswith(f"resume=auto resumes from {ckpt} at step 2 of 300, with 1 change(s) to {out}/config.yaml")
+    assert "trainer.max_steps: 250 -> 300" in message
+    report = run(qwen25_dir, data, tmp_path, "resume=auto", "algorithm.loss=grpo")
+    (refused,) = lines(report, FAIL, "Config")
+    assert "algorithm.loss: 'sapo' -> 'grpo'" in refused and "Refused: algorithm.loss" in refused
+    report = run(qwen25_dir, data, tmp_path, "resume=auto", "trainer.max_steps=2")
+    assert not report.failed and any("the run is finished" in m for m in lines(report, WARN, "Config"))
+
+
+def test_parameter_count_matches_training(qwen25_dir, data, tmp_path):
+    """The tiny Qwen2.5-VL ties its output head to the input embeddings: counted once, as training counts."""
+    from rlvr.models import load_model
+    from rlvr.validate import count_parameters, load_model_config
+
+    model = load_model(qwen25_dir)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    training = sum(p.numel() for p in model.parameters())
+    assert count_parameters(load_model_config(qwen25_dir), False, 0)[0] == training
+    report = run(qwen25_dir, data, tmp_path)
+    assert any(m.startswith(f"{training / 1e3:.2f}K parameters") for m in lines(report, "info"))
+
+
+def test_report_never_breaks_a_flag_or_a_path():
+    from rlvr.validate import Report
+
+    for pad in range(0, 90, 3):
+        report = Report()
+        report.add("Data", FAIL, "x " * pad + "accept it with --allow-skipped 0.25, or fix data/my-train-set.jsonl")
+        text = report.render()
+        assert "--allow-skipped" in text and "data/my-train-set.jsonl" in text, text
