@@ -10,7 +10,7 @@ import torch
 
 from rlvr.data import Example
 from rlvr.rewards import parse_gold
-from rlvr.rollout import Response
+from rlvr.batch import Response
 from rlvr.samples import (
     FOLD_CHARS,
     SampleLogger,
@@ -226,3 +226,46 @@ def test_short_run_gets_its_last_step_page(tmp_path):
     assert [s for s in range(1, 21) if SampleLogger(cfg).due(s)] == [1, 20]  # samples_every=50
     cfg.trainer.max_steps = 120
     assert [s for s in range(1, 121) if SampleLogger(cfg).due(s)] == [1, 50, 100, 120]
+
+
+def test_training_run_pages_match_its_metrics(qwen25_dir, tmp_path):
+    """A real 3-step run with log.samples_every=50: pages for step 1 and the last step, each
+    with the step's rewarded count and mean reward equal to what metrics.jsonl logged, linked
+    both ways, and listed in the index."""
+    import subprocess
+    import sys
+
+    from rlvr.samples import read_page_summary
+    from rlvr.tools.make_demo_data import main as make_data
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    make_data(["--out", str(tmp_path / "data"), "--train", "16", "--val", "2"])
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": root}
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "launch", "train.py"), "--config", os.path.join(root, "recipes", "demo.yaml"),
+         f"model.name_or_path={qwen25_dir}", f"data.train_files={tmp_path}/data/train.jsonl", "data.val_files=[]",
+         f"output_dir={run}", "trainer.max_steps=3", "trainer.prompts_per_step=4", "rollout.group_size=8",
+         "rollout.max_new_tokens=16", "trainer.micro_batch_size=8", "rollout.micro_batch_size=32", "log.progress_bar=false", "log.plots=false",
+         "log.samples_every=50", "log.samples_per_step=4", "checkpoint.save_final_model=false", "reward.num_workers=1"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = {r["step"]: r for r in map(json.loads, open(run / "metrics.jsonl"))}
+    folder = run / "samples"
+    assert sorted(os.listdir(folder)) == ["index.html", "step_000001.html", "step_000003.html"]
+    for step in (1, 3):
+        summary = read_page_summary(str(folder / f"step_{step:06d}.html"))
+        assert summary["batch"] == 32 and summary["shown"] == 4
+        assert summary["batch_mean"] == pytest.approx(metrics[step]["reward/mean"], abs=1e-6)
+        assert summary["batch_rewarded"] / 32 == pytest.approx(metrics[step]["reward/correct"], abs=1e-6)
+        # half of the shown are rewarded as far as the step has each kind
+        rewarded, unrewarded = summary["batch_rewarded"], 32 - summary["batch_rewarded"]
+        assert summary["shown_rewarded"] == min(rewarded, 4 - min(unrewarded, 4 - min(rewarded, 2)))
+    # not vacuous: the seeded tiny model answers 1 of 32 right at step 1 (the issue's case: a few right
+    # answers in a batch of wrong ones), and that one is on the page
+    assert read_page_summary(str(folder / "step_000001.html"))["shown_rewarded"] >= 1
+    first = open(folder / "step_000001.html", encoding="utf-8").read()
+    last = open(folder / "step_000003.html", encoding="utf-8").read()
+    assert 'href="step_000003.html" rel="next"' in first and 'href="step_000001.html" rel="prev"' in last
+    index = open(folder / "index.html", encoding="utf-8").read()
+    assert 'href="step_000001.html"' in index and 'href="step_000003.html"' in index
