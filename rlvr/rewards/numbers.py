@@ -478,7 +478,7 @@ def _exponent_text(s: str, i: int) -> tuple[str, int] | None:
     pairs = {"{": "}", "(": ")"}
     if s[i] in pairs:
         level = 0
-        for j in range(i, min(len(s), i + 2000)):
+        for j in range(i, min(len(s), i + 300)):  # exponents are short; never rescan a long answer
             level += s[j] == s[i]
             level -= s[j] == pairs[s[i]]
             if level == 0:
