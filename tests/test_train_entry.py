@@ -201,3 +201,46 @@ def test_console_shows_progress_lines_and_the_log_file_the_rest(qwen25_dir, tiny
     log = (out_dir / "train.log").read_text()
     assert "accelerate.checkpointing" in log and "accelerate" not in console.replace("accelerate launch", "")
     assert f"rlvr: full log in {out_dir}/train.log" in console and "saved checkpoint" in log
+
+
+def test_library_chatter_goes_to_the_log_file_not_the_console(tmp_path):
+    """What setup_logging routes where: rlvr's INFO and anyone's errors to the console; warnings.warn
+    (transformers' FutureWarnings), transformers' and accelerate's own loggers only to the file."""
+    log = tmp_path / "train.log"
+    script = f"""
+import logging, warnings
+from rlvr.cli import setup_logging
+setup_logging({str(log)!r})
+from transformers.utils import logging as hf_logging
+logging.getLogger("rlvr.trainer").info("rlvr info line")
+warnings.warn("`past_key_values` is deprecated", FutureWarning)
+hf_logging.get_logger("transformers.generation.configuration_utils").warning(
+    "The following generation flags are not valid and may be ignored: ['top_k']")
+logging.getLogger("accelerate.checkpointing").info("Model weights saved in x")
+logging.getLogger("some.library").error("a library error")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr
+    console, text = result.stdout + result.stderr, log.read_text()
+    assert "rlvr info line" in console and "a library error" in console
+    for chatter in ("past_key_values", "generation flags are not valid", "Model weights saved"):
+        assert chatter not in console and chatter in text, chatter
+    assert "rlvr info line" in text
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_two_processes_is_one_message(qwen25_dir, tiny_data, tmp_path):
+    """prompts_per_step=3 on 2 processes: rank 0 says so once, exit 2, no rank prints a traceback.
+    (The launcher itself, torchrun inside accelerate launch, still reports any non-zero exit with its
+    own ChildFailedError traceback; that one names no rlvr code.)"""
+    from tests.launching import run as launch
+
+    result = launch(_small(qwen25_dir, tiny_data, tmp_path / "run", "trainer.prompts_per_step=3"), config="ddp",
+                    processes=2, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert out.count("trainer.prompts_per_step=3 does not divide among 2 processes") == 1, out[-3000:]
+    assert "exitcode  : 2" in out  # rank 0's exit code, in the launcher's summary
+    for block in out.split("Traceback (most recent call last)")[1:]:
+        assert "ChildFailedError" in block and "rlvr" not in block.split("ChildFailedError")[0], block[:3000]

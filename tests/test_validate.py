@@ -301,3 +301,15 @@ def test_report_never_breaks_a_flag_or_a_path():
         report.add("Data", FAIL, "x " * pad + "accept it with --allow-skipped 0.25, or fix data/my-train-set.jsonl")
         text = report.render()
         assert "--allow-skipped" in text and "data/my-train-set.jsonl" in text, text
+
+
+def test_a_line_that_is_not_utf8_is_a_counted_bad_row(qwen25_dir, data, tmp_path):
+    from pathlib import Path
+
+    path = Path(data["dir"]) / "latin1.jsonl"  # next to the images its rows name
+    good = open(data["train"], "rb").read().splitlines()
+    path.write_bytes(b"\n".join(good[:2] + ['{"id": "l", "question": "Qu\xe9?", "answer": "2"}'.encode("latin-1")]
+                                + good[2:]) + b"\n")
+    rows = lines(run(qwen25_dir, data, tmp_path, f"data.train_files={path}"), section="Data")
+    assert len(rows) == 1 and "5 rows, 4 usable, 1 skipped (20.0%): 1 not_utf8" in rows[0]
+    assert f"not_utf8: {path}:3: line is not UTF-8 text (byte 0xe9 at byte 28 of the line)" in rows[0]
