@@ -42,7 +42,7 @@ _MAX_BOXES_BACK = 100  # empty boxes skipped from the end before giving up
 #   Chinese "答案是 72".
 _MARKER_FIND_RE = re.compile(r"answer|####|答案")
 _AFTER_ANSWER_RE = re.compile(
-    r"(?:\s*\*\*)?\s*(?::|=)|(?:\s+[a-z]+){0,6}?\s+(?:is|was|would\s+be|will\s+be|should\s+be|equals|=)(?![a-z])\s*:?"
+    r"(?:\s*\*\*)?\s*(?::|=)|(?:\s+[a-z]+){0,6}?\s+(?:is|was|would\s+be|will\s+be|should\s+be|must\s+be|has\s+to\s+be|equals|=)(?![a-z])\s*:?"
 )
 _AFTER_BARE_ANSWER_RE = re.compile(r"(?:\s*\*\*)?(?=\s*(?:\$|\\\(|\\\[)|[ \t*]*\n)")
 _AFTER_ZH_RE = re.compile(r"\s*(?:是|为|:)")

@@ -32,6 +32,8 @@ _TRANSLATE = str.maketrans(
         "\n": " ",
         "\r": " ",
         "°": "",  # degrees are a unit
+        "²": "^2",  # m², cm³
+        "³": "^3",
         "€": "",
         "£": "",
         "¥": "",
@@ -54,7 +56,9 @@ _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ(?![A-Za-z])|\
 _PERCENT_TAIL_RE = re.compile(r"\s*(?:\\?%|\bper\s*cent\b|\bpercent(?:age)?\b|\bpct\b)\s*$", re.IGNORECASE)
 _TRAILING_PUNCT = " .,;:!?"
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z ]{0,30}:\s*")
-_APPROX_RE = re.compile(r"\\approx(?![A-Za-z])|≈|\\simeq(?![A-Za-z])")
+_APPROX_RE = re.compile(r"\\approx(?![A-Za-z])|≈|\\simeq(?![A-Za-z])|\\sim(?![A-Za-z])")
+# A multiple-choice label before the number: "(C) 12", "B. 12", "\textbf{(B)} 12".
+_CHOICE_RE = re.compile(r"^(?:\(\s*[A-Ha-h]\s*\)|[A-H][.:])\s*(?=[-+.\d\\])")
 
 # A trailing unit: words (letters, optional trailing dot, optional ^2 / ^{-1}) joined by
 # spaces, '/', '*' or \cdot. "72 apples", "72 cm^2", "9.8 m/s^2", "72 red cubes".
@@ -126,6 +130,7 @@ def clean_latex(text: str) -> str:
         if n == 0:
             break
     s = _DEGREE_RE.sub(" ", s)
+    s = s.replace("√", "\\sqrt ")
     return " ".join(s.split())
 
 
@@ -251,29 +256,50 @@ def _strip_tail(s: str) -> tuple[str, bool, tuple[str, str] | None]:
     return s, percent or percent_word, None
 
 
+def _piece(text: str, word: str) -> str:
+    """A math piece cut out of a sentence, with a scale or percent word right after it."""
+    piece = text.strip(" ,;:!?").strip()
+    if piece.endswith(("(", "[")):  # "72 (approx.)": the bracket belongs to the words
+        piece = piece[:-1].strip()
+    if piece.startswith((")", "]")):
+        piece = piece[1:].strip()
+    if word.lower() in _SCALE or word.lower() in _PERCENT_WORDS or _VOID_SCALE_RE.match(word):
+        piece += " " + word
+    return piece
+
+
 def _one_number_in_words(s: str) -> tuple[str | None, tuple[str, str] | None]:
     """"The largest n is 34" -> "34": the only number among words, with a scale or percent
-    word right after it. (None, verdict) for hedges; (None, None) when there is no number."""
+    word right after it. Several pieces count as one number when they all have the same
+    value ("7 cubes, since 3 + 4 = 7"). (None, verdict) for hedges; (None, None) when there
+    is no number."""
     if _HEDGE_WORDS_RE.search(s):
         return None, ("no_answer", "a hedge: the statement is not one value (not/or/between/at least...)")
-    pieces: list[tuple[str, str]] = []  # (math piece, the word right after it)
+    pieces: list[str] = []
     last = 0
     stray = [m for m in _WORD_RE.finditer(s) if _is_stray(s, m)]
     for m in stray + [None]:
         piece = s[last : m.start()] if m is not None else s[last:]
         if any(c.isdigit() for c in piece):
-            pieces.append((piece, m.group() if m is not None else ""))
+            pieces.append(_piece(piece, m.group() if m is not None else ""))
         if m is not None:
             last = m.end()
     if not pieces:
         return None, None
     if len(pieces) > 1:
-        return None, ("no_answer", "a hedge: several numbers stated")
-    piece, word = pieces[0]
-    piece = piece.strip(" ,;:!?").strip()
-    if word.lower() in _SCALE or word.lower() in _PERCENT_WORDS or _VOID_SCALE_RE.match(word):
-        piece += " " + word
-    return piece, None
+        from rlvr.rewards.numbers import NotPlainNumber, parse_number  # numbers does not import us
+
+        values = set()
+        for piece in pieces:
+            norm = normalize_answer(piece)
+            try:
+                values.add((parse_number(norm.text).value, norm.percent) if norm.verdict is None else None)
+            except (NotPlainNumber, ValueError, ArithmeticError):
+                values.add(None)
+        if len(values) != 1 or None in values:
+            return None, ("no_answer", "a hedge: several numbers stated")
+        return pieces[-1], None
+    return pieces[0], None
 
 
 def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
@@ -293,7 +319,7 @@ def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
     s, verdict = _last_equation_side(s, words)
     if verdict is not None:
         return NormalizedAnswer(s, False, verdict)
-    s = _LABEL_RE.sub("", s)
+    s = _CHOICE_RE.sub("", _LABEL_RE.sub("", s))
     s = _unwrap_braces(s.rstrip(_TRAILING_PUNCT).strip())
     s, percent, verdict = _strip_tail(s)
     if verdict is not None:

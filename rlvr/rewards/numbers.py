@@ -385,6 +385,8 @@ class _Parser:
                         raise NotPlainNumber("root index must be a small positive integer")
                     index = int(n.value)
                     self._ws()
+                if self._peek() == "(":  # √(3) written as \sqrt(3)
+                    return _root(self._group("(", ")"), index)
                 return _root(self._digit_or_group(), index)
             m = _PI_RE.match(self.s, self.i) or _E_RE.match(self.s, self.i)
             if m is not None:
