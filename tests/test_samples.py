@@ -10,7 +10,10 @@ import torch
 
 from rlvr.data import Example
 from rlvr.rewards import parse_gold
-from rlvr.batch import Response
+try:  # the rollout records are moving to rlvr.batch; rlvr.rollout held them before
+    from rlvr.batch import Response
+except ImportError:
+    from rlvr.rollout import Response
 from rlvr.samples import (
     FOLD_CHARS,
     SampleLogger,
