@@ -1,6 +1,7 @@
 """Verifier throughput on synthetic chain-of-thought completions, against plain math-verify.
 
     .venv/bin/python benchmarks/verifier.py [--runs 5] [--workers 2] [--plain 2000] [--mixed 1000] [--latex 300]
+                                            [--slow 200]
 
 Completions are 1-2k characters of visual chain-of-thought (counting objects, reading
 charts, inline LaTeX arithmetic) ending in a final answer, generated with a seeded RNG.
@@ -11,10 +12,13 @@ Two sets:
 - mixed: RL-shaped groups (8 samples per prompt sharing few distinct answers), 30% of
   prompts with LaTeX answers such as 3\\sqrt{3}/2 or \\frac{\\pi}{4}, plus some completions
   with no final answer;
-- latex: the worst case, every answer a LaTeX expression for math-verify, few repeats.
+- latex: every answer a closed form (\\sqrt, \\pi, sums), few repeats: read by the fast path's
+  closed-form parser since the second pass, no longer by math-verify;
+- slow: the worst case, every answer something only math-verify reads (\\sin, \\log_2,
+  \\binom), few repeats.
 
 Even with the cache off, identical answers within one batch are verified once (the mixed
-set's groups); the latex set shows the per-answer cost of the slow path without that help.
+set's groups); the slow set shows the per-answer cost of the slow path without that help.
 
 Reported: verifications per second with the cache disabled (a fair per-answer measure)
 and, separately, with the cache on (cold at the start of each run; repeats within the run
@@ -105,6 +109,19 @@ def latex_answer(rng: random.Random) -> tuple[str, str]:
     return text, f"{value:.10g}"
 
 
+def slow_answer(rng: random.Random) -> tuple[str, str]:
+    """An answer only math-verify reads (trig, logs, binomials) and its gold."""
+    k, n = rng.randint(1, 9), rng.randint(4, 12)
+    choices = [
+        (f"{k}\\sin(\\frac{{\\pi}}{{6}})", f"{k / 2:g}"),
+        (f"\\log_{{2}}({2 ** k})", str(k)),
+        (f"\\binom{{{n}}}{{2}}", str(n * (n - 1) // 2)),
+        (f"{k}\\cos(\\frac{{\\pi}}{{3}})", f"{k / 2:g}"),
+        (f"\\tan(\\frac{{\\pi}}{{4}}) + {k}", str(k + 1)),
+    ]
+    return rng.choice(choices)
+
+
 def completion(rng: random.Random, answer: str | None) -> str:
     body = reasoning(rng, rng.randint(1000, 1900))
     if answer is None:
@@ -151,6 +168,18 @@ def latex_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
     return completions, golds
 
 
+def slow_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
+    """Worst case: every answer needs math-verify and (almost) none repeats."""
+    completions, golds = [], []
+    for _ in range(n):
+        answer, gold = slow_answer(rng)
+        if rng.random() < 0.5:
+            answer, _ = slow_answer(rng)
+        completions.append(completion(rng, answer))
+        golds.append(gold)
+    return completions, golds
+
+
 def time_ours(verifier: Verifier, completions: list[str], golds: list[str], batch: int = 256):
     start = time.perf_counter()
     results = []
@@ -175,7 +204,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plain", type=int, default=2000, help="completions in the plain-number set")
     parser.add_argument("--mixed", type=int, default=1000, help="completions in the mixed set")
-    parser.add_argument("--latex", type=int, default=300, help="completions in the all-LaTeX worst-case set")
+    parser.add_argument("--latex", type=int, default=300, help="completions in the closed-form set")
+    parser.add_argument("--slow", type=int, default=200, help="completions in the math-verify-only worst-case set")
     parser.add_argument("--math-verify-n", type=int, default=300, help="completions per set for plain math-verify")
     parser.add_argument("--math-verify-runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -183,14 +213,15 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     sets = {"plain": plain_set(rng, args.plain), "mixed": mixed_set(rng, args.mixed),
-            "latex": latex_set(rng, args.latex)}
+            "latex": latex_set(rng, args.latex), "slow": slow_set(rng, args.slow)}
     lengths = [len(c) for cs, _ in sets.values() for c in cs]
-    print(f"completions: plain {args.plain}, mixed {args.mixed}, latex {args.latex}; {min(lengths)}-{max(lengths)} chars "
+    print(f"completions: plain {args.plain}, mixed {args.mixed}, latex {args.latex}, slow {args.slow}; "
+          f"{min(lengths)}-{max(lengths)} chars "
           f"(mean {statistics.mean(lengths):.0f}); seed {args.seed}; {args.runs} runs, median")
 
     ours: dict[str, list[float]] = {}
-    modes = {"cache off": Verifier(num_workers=args.workers, cache_size=0),
-             "cache on ": Verifier(num_workers=args.workers, cache_size=100_000)}
+    modes = {"cache off": Verifier(num_workers=args.workers, cache_size=0, batch_timeout_s=None),
+             "cache on ": Verifier(num_workers=args.workers, cache_size=100_000, batch_timeout_s=None)}
     for label, verifier in modes.items():
         start = time.perf_counter()
         verifier.warm_up(wait=True)
