@@ -104,6 +104,11 @@ def extract_boxed(text: str) -> tuple[str | None, str]:
     return None, "only empty boxes"
 
 
+def count_nonempty_boxes(text: str) -> int:
+    """How many closed, non-empty boxes the text has (a gold with two is several values)."""
+    return sum(1 for m in _BOX_RE.finditer(text) if (_box_content(text, m.end() - 1) or "").strip())
+
+
 def _statement(text: str, start: int) -> tuple[str | None, bool, str]:
     """The statement that starts at ``start``: (text, terminated, why none).
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from rlvr.rewards.extract import _BOX_RE, _box_content, extract_boxed, extract_statement
+from rlvr.rewards.extract import count_nonempty_boxes, extract_boxed, extract_statement
 from rlvr.rewards.normalize import clean_latex, has_stray_words, normalize_answer, prepare_text
 from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, Num, parse_number
 
@@ -52,7 +52,7 @@ def _final_answer(s: str) -> str:
     else a final-answer statement ("The answer is 5."), else the text itself."""
     boxed, _ = extract_boxed(s)
     if boxed is not None:
-        if sum(1 for m in _BOX_RE.finditer(s) if (_box_content(s, m.end() - 1) or "").strip()) > 1:
+        if count_nonempty_boxes(s) > 1:
             raise GoldParseError(f"gold answer {s!r:.80} is not one number (several boxed values)")
         return boxed
     stated, _ = extract_statement(s)

@@ -1,4 +1,6 @@
-"""Text clean-up shared by golds and answers: wrappers, spacing, units, percent signs.
+"""Text clean-up shared by golds and answers: wrappers, spacing, units, percent signs,
+scale words, hedges (\\pm, sets, lists, several assignments), relations that are not values,
+and the one number among words in a final-answer statement.
 
 Everything here is linear-time string work on text that is already bounded in length
 (the verifier rejects longer answers before calling in), so it cannot hang.
@@ -10,6 +12,8 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
+
+from rlvr.rewards.numbers import NotPlainNumber, parse_number
 
 # Characters that mean the same thing as ASCII ones in a number.
 _TRANSLATE = str.maketrans(
@@ -40,6 +44,7 @@ _TRANSLATE = str.maketrans(
     }
 )
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SIMPLE_NUMBER_RE = re.compile(r"[-+]?\d{1,30}(?:\.\d{1,30})?", re.ASCII)
 _PY_POWER_RE = re.compile(r"(?<=[\d)}])\s*\*\*\s*(?=[\d({])")
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
 # Chat-template end-of-turn tokens: nothing after one is the model's answer ("72 <|im_end|>").
@@ -287,8 +292,6 @@ def _one_number_in_words(s: str) -> tuple[str | None, tuple[str, str] | None]:
     if not pieces:
         return None, None
     if len(pieces) > 1:
-        from rlvr.rewards.numbers import NotPlainNumber, parse_number  # numbers does not import us
-
         values = set()
         for piece in pieces:
             norm = normalize_answer(piece)
@@ -310,6 +313,8 @@ def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
     the percent sign -> lists. With ``words`` (a final-answer statement or a box), an answer
     that still has words is reduced to the one number among them (several numbers: a hedge).
     """
+    if _SIMPLE_NUMBER_RE.fullmatch(raw):  # "72", "-3.5": every step below is the identity
+        return NormalizedAnswer(raw, False)
     s = clean_latex(raw)
     verdict = _form_verdict(s)
     if verdict is not None:

@@ -1,4 +1,7 @@
-"""A small pool of math-verify worker processes with a hard wall-clock limit per answer.
+"""A small pool of math-verify worker processes with a hard wall-clock limit per answer,
+and an optional deadline per ``run`` (a call's time budget: jobs not done by then are
+``timeout``; a worker still busy with one finishes or is killed at its own limit, and its
+late reply is dropped).
 
 Why not math-verify's own timeout: it uses SIGALRM, which raises or does nothing outside
 the main thread and cannot interrupt native code (big-integer powers), and its
