@@ -30,7 +30,7 @@ def build(args, root: str):
     from PIL import Image
 
     from rlvr.models import load_model, load_processor, stop_token_ids
-    from rlvr.rollout import PromptInputs
+    from rlvr.batch import PromptInputs
     from rlvr.tools.make_tiny_model import make_tiny_model
 
     path = make_tiny_model("qwen2_5_vl", os.path.join(root, "model"), text={

@@ -109,20 +109,18 @@ class Evaluator:
         mine = list(range(rank, len(self.examples), world))
         return mine, -(-len(self.examples) // world)
 
-    def _generate(self, model, indices: list[int], greedy: bool, chunk_index: int, synced_gpus: bool | None):
-        import torch
+    def _generate(self, model, indices: list[int], greedy: bool, synced_gpus: bool | None):
 
         from rlvr import rollout
+        from rlvr.batch import encode_prompt
         from rlvr.models import stop_token_ids
 
         cfg = self.rollout if not greedy else dataclasses.replace(self.rollout, group_size=1)
-        prompts = [rollout.encode_prompt(self.examples[i], self.processor, self.cfg.data) for i in indices]
+        prompts = [encode_prompt(self.examples[i], self.processor, self.cfg.data) for i in indices]
         extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
-        if hasattr(rollout, "mix_seed") and not greedy:
+        if not greedy:
             # Per-prompt sampling streams: the same samples whatever the chunking or the number of ranks.
             extra["seeds"] = [rollout.mix_seed(self.settings.seed, i) for i in indices]
-        else:
-            torch.manual_seed(self.settings.seed * 1_000_003 + chunk_index * 2 + int(greedy))
         responses = rollout.generate(model, prompts, cfg, stop_token_ids(self.processor, model),
                                      self.processor.tokenizer.pad_token_id, greedy=greedy, **extra)
         texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
@@ -139,15 +137,15 @@ class Evaluator:
         indices = mine + [mine[-1] if mine else 0] * (padded - len(mine))  # padding, dropped below
         verifier = default_verifier()
         out = []
-        for c, start in enumerate(range(0, len(indices), per_chunk)):
+        for start in range(0, len(indices), per_chunk):
             chunk = indices[start:start + per_chunk]
             real = [i for j, i in enumerate(chunk) if start + j < len(mine)]
             examples = [self.examples[i] for i in chunk]
-            responses, texts = self._generate(model, chunk, False, c, synced_gpus)
+            responses, texts = self._generate(model, chunk, False, synced_gpus)
             results = verifier.verify_batch(texts, [examples[r.prompt_index].gold for r in responses])
             greedy = None
             if self.settings.greedy:
-                g_responses, g_texts = self._generate(model, chunk, True, c, synced_gpus)
+                g_responses, g_texts = self._generate(model, chunk, True, synced_gpus)
                 g_results = verifier.verify_batch(g_texts, [e.gold for e in examples])
                 greedy = list(zip(g_responses, g_texts, g_results))
             for p, index in enumerate(real):

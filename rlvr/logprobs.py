@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from rlvr.lora import inner_model
 from rlvr.models import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, never_sample_ids,
                          select_images, shared_image_features)
 
@@ -296,7 +297,7 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
                       with_entropy: bool = False, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, R] fp32 of ``batch["response_ids"]`` (and their entropy [B, R] if asked).
 
-    ``batch`` comes from ``rlvr.rollout.collate_sequences``; padded response slots hold
+    ``batch`` comes from ``rlvr.batch.collate_sequences``; padded response slots hold
     meaningless values and must be masked with ``batch["response_mask"]``.
 
     ``chunk_size`` is in positions per sequence, as ``trainer.logprob_chunk_size``: a chunk
@@ -321,7 +322,8 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
         positions = batch["logit_positions"]  # [B, R]
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
     targets = batch["response_ids"]  # [B, R]
-    excluded = torch.tensor(never_sample_ids(model), dtype=torch.long, device=targets.device)  # [E]
+    # The decoder's config: a DeepSpeed engine (the ZeRO-3 reference) has a `config` of its own.
+    excluded = torch.tensor(never_sample_ids(decoder), dtype=torch.long, device=targets.device)  # [E]
     if not _fusable(head):
         logprobs, entropy = _checkpointed_logprobs(head, hidden, targets, temperature, chunk_size, excluded)
         return logprobs, (entropy if with_entropy else None)
@@ -335,3 +337,16 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_siz
     if entropy is not None:
         entropy = entropy.new_zeros(targets.shape).masked_scatter(mask, entropy)  # [B, R]
     return logprobs, entropy
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The policy (a transformers or peft model) as a module whose forward gives response log-probs."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict, temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False,
+                share_prompts: bool = True):
+        return response_logprobs(inner_model(self.policy), batch, temperature=temperature, chunk_size=chunk_size,
+                                 with_entropy=with_entropy, share_prompts=share_prompts)

@@ -1,16 +1,20 @@
-"""Policy-gradient losses for RLVR, registered by name, and the one token/sequence reduction.
+"""Policy-gradient losses for RLVR: one per-token term each, registered by name, one shared pipeline.
 
-Every loss is a pure function of tensors and explicit keyword hyperparameters::
+Every loss is called the same way::
 
     loss, metrics = POLICY_LOSSES[name](
         logprobs,        # [B, T] log pi_theta(o_t | ...), carries the gradient
         old_logprobs,    # [B, T] log pi_old(o_t | ...), the policy that sampled the rollouts
         advantages,      # [B] (one per sequence, broadcast over T) or [B, T]
         mask,            # [B, T] 1/True on response tokens, 0/False on prompt and padding
-        aggregation=..., # how per-token terms become a scalar, see `aggregate`
-        ...)
+        aggregation=..., # how per-token terms become a scalar, see `rlvr.aggregation.aggregate`
+        ...,             # the rest of SHARED_KEYWORDS, then the loss's own hyperparameters
+    )
 
-With r_t = pi_theta / pi_old = exp(logprobs - old_logprobs) the registered losses are
+and runs ``policy_loss``: prepare the inputs (``LossInputs``), the loss's per-token term,
+the reduction, the KL penalty, the shared metrics. A loss is only its term and its own
+hyperparameters (``PolicyLoss.hyperparameters``, with their defaults). With
+r_t = pi_theta / pi_old = exp(logprobs - old_logprobs) the registered terms are
 
     sapo     -f(r) A,  f(r) = sigmoid(tau (r - 1)) * 4 / tau      Gao et al. 2025, arXiv 2511.20347
     grpo     -min(r A, clip(r, 1 - eps, 1 + eps) A)               Shao et al. 2024 (DeepSeekMath)
@@ -28,23 +32,28 @@ Shared contract:
   ``k3 = exp(ref - logp) - (ref - logp) - 1`` (>= 0, unbiased for KL(pi_theta || pi_ref)),
   aggregated with the same mode and added as ``kl_coef * aggregate(k3)``.
 * Metrics are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise syncs the
-  device. Empty selections (e.g. no positive-advantage token) report 0, never NaN.
-* Each loss declares exactly its own hyperparameters; an unknown keyword is a ``TypeError``.
-  `loss_hyperparameters(name)` lists them so a trainer can pass only what a loss declares.
+  device. Token means come with their token counts (``rlvr.aggregation.TOKEN_COUNT``); an
+  empty selection (e.g. no positive-advantage token) reports 0 with count 0, never NaN.
+* A keyword that is neither shared nor the loss's own is a ``TypeError``.
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from rlvr.aggregation import AGGREGATION_MODES, TOKEN_COUNT, aggregate, token_means
+
 __all__ = [
     "AGGREGATION_MODES",
     "POLICY_LOSSES",
     "SHARED_KEYWORDS",
+    "TOKEN_COUNT",
+    "LossInputs",
+    "PolicyLoss",
     "aggregate",
     "cispo",
     "dapo",
@@ -53,14 +62,9 @@ __all__ = [
     "grpo",
     "gspo",
     "loss_hyperparameters",
+    "policy_loss",
     "sapo",
 ]
-
-AGGREGATION_MODES: tuple[str, ...] = (
-    "seq-mean-token-mean",
-    "token-mean",
-    "seq-mean-token-sum-norm",
-)
 
 # Keyword arguments every loss accepts; they belong to the call site, not to one algorithm.
 SHARED_KEYWORDS: frozenset[str] = frozenset(
@@ -68,152 +72,71 @@ SHARED_KEYWORDS: frozenset[str] = frozenset(
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Reduction
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossInputs:
+    """One micro-batch as every loss term sees it; padding holds log-prob 0, log-ratio 0, advantage 0."""
+
+    logprobs: Tensor  # [B, T] log pi_theta, carries the gradient
+    log_ratio: Tensor  # [B, T] logprobs - sg(old_logprobs)
+    advantages: Tensor  # [B, T] detached
+    valid: Tensor  # [B, T] bool
+
+    @classmethod
+    def prepare(cls, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> "LossInputs":
+        """Check shapes, broadcast advantages to ``[B, T]`` and neutralise invalid positions."""
+        if logprobs.dim() != 2 or logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
+            raise ValueError(
+                "logprobs, old_logprobs and mask must all be [B, T]; got "
+                f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(mask.shape)}."
+            )
+        if advantages.dim() == 1 and advantages.shape[0] == logprobs.shape[0]:
+            advantages = advantages[:, None].expand_as(logprobs)  # [B] -> [B, T]
+        elif advantages.shape != logprobs.shape:
+            raise ValueError(
+                f"advantages must be [B] or [B, T] = {tuple(logprobs.shape)}; got {tuple(advantages.shape)}."
+            )
+        valid = mask.bool()  # [B, T]
+        zero = torch.zeros_like(logprobs)  # [B, T]
+        logprobs = torch.where(valid, logprobs, zero)  # [B, T]
+        log_ratio = torch.where(valid, logprobs - old_logprobs.detach(), zero)  # [B, T]
+        advantages = torch.where(valid, advantages.detach().to(logprobs.dtype), zero)  # [B, T]
+        return cls(logprobs, log_ratio, advantages, valid)
 
 
-def aggregate(
-    per_token: Tensor,
-    mask: Tensor,
-    mode: str = "seq-mean-token-mean",
-    *,
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-) -> Tensor:
-    """Reduce per-token values ``[B, T]`` to a scalar over the valid (``mask``) tokens.
-
-    With n_i = number of valid tokens in sequence i and x_it the per-token value:
-
-    * ``seq-mean-token-mean`` (default; SAPO, GRPO, GSPO papers):
-      ``(1/B) sum_i (1/max(n_i, 1)) sum_t x_it``. A sequence with no valid token contributes
-      0 to the sum but still counts in B.
-    * ``token-mean`` (DAPO, CISPO): ``sum_it x_it / max(sum_i n_i, 1)``. Every token weighs the
-      same, so long sequences weigh more.
-    * ``seq-mean-token-sum-norm`` (Dr.GRPO): ``(1/B) sum_i (1/norm_len) sum_t x_it`` with a
-      constant ``norm_len`` (default T, the mask's width), so no length bias from the divisor.
-
-    Gradient accumulation / data parallel: a local micro-batch's mean is not a slice of the
-    global mean. Pass ``global_tokens`` (valid tokens in the whole optimiser step, all ranks)
-    to make ``token-mean`` divide by it, or ``global_seqs`` (sequences in the whole step) to make
-    the seq-mean modes divide by it instead of B. Then summing the micro-batch results (and
-    all-reducing with SUM) gives exactly the full-batch value.
-
-    Args:
-        per_token: ``[B, T]`` values; entries where ``mask`` is 0 are ignored (may be inf/NaN).
-        mask: ``[B, T]`` bool or 0/1 float; nonzero means valid.
-        mode: one of `AGGREGATION_MODES`.
-        norm_len: divisor for ``seq-mean-token-sum-norm`` only; passing it with another mode
-            is an error rather than being silently ignored.
-        global_tokens: replaces the local valid-token count in ``token-mean``.
-        global_seqs: replaces B in the two seq-mean modes.
-
-    Returns:
-        0-dim tensor.
-    """
-    if mode not in AGGREGATION_MODES:
-        raise ValueError(f"Unknown aggregation mode {mode!r}; valid modes are {AGGREGATION_MODES}.")
-    if per_token.shape != mask.shape or per_token.dim() != 2:
-        raise ValueError(
-            f"aggregate expects per_token and mask of the same shape [B, T]; got "
-            f"{tuple(per_token.shape)} and {tuple(mask.shape)}."
-        )
-    if norm_len is not None and mode != "seq-mean-token-sum-norm":
-        raise ValueError(
-            f"norm_len={norm_len} only applies to 'seq-mean-token-sum-norm', not {mode!r}; "
-            "drop norm_len or change the aggregation."
-        )
-    for name, value in (("norm_len", norm_len), ("global_tokens", global_tokens), ("global_seqs", global_seqs)):
-        if isinstance(value, (int, float)) and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}.")
-
-    valid = mask.bool()  # [B, T]
-    # where, not multiply: 0 * inf = NaN would leak padding into the result.
-    x = torch.where(valid, per_token, torch.zeros_like(per_token))  # [B, T]
-    batch, width = x.shape
-
-    if mode == "token-mean":
-        denom = global_tokens if global_tokens is not None else valid.sum().clamp(min=1)
-        return x.sum() / denom
-
-    if mode == "seq-mean-token-mean":
-        seq_len = valid.sum(dim=-1).clamp(min=1)  # [B]; empty rows give 0 / 1 = 0
-        per_seq = x.sum(dim=-1) / seq_len  # [B]
-    else:  # seq-mean-token-sum-norm
-        per_seq = x.sum(dim=-1) / (norm_len if norm_len is not None else width)  # [B]
-    return per_seq.sum() / (global_seqs if global_seqs is not None else batch)
+# A term returns the per-token loss [B, T], the ratio its metrics describe [B, T], and its own metrics.
+Term = Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
 
 
-# --------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PolicyLoss:
+    """A registered loss: its per-token term, its hyperparameters with defaults, its default aggregation."""
+
+    name: str
+    term: Term
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    aggregation: str = "seq-mean-token-mean"
+
+    def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
+                 aggregation: str | None = None, norm_len: float | None = None,
+                 global_tokens: float | Tensor | None = None, global_seqs: float | Tensor | None = None,
+                 ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, entropy: Tensor | None = None,
+                 **hyperparameters: float) -> tuple[Tensor, dict[str, Tensor]]:
+        foreign = sorted(set(hyperparameters) - set(self.hyperparameters))
+        if foreign:
+            raise TypeError(f"{self.name}() got unexpected keyword arguments {foreign}; its hyperparameters are "
+                            f"{sorted(self.hyperparameters)}")
+        inputs = LossInputs.prepare(logprobs, old_logprobs, advantages, mask)
+        return policy_loss(self, inputs, {**self.hyperparameters, **hyperparameters},
+                           aggregation=aggregation or self.aggregation, norm_len=norm_len,
+                           global_tokens=global_tokens, global_seqs=global_seqs,
+                           ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy)
 
 
-def _prepare(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Check shapes, broadcast advantages to ``[B, T]`` and zero out invalid positions.
-
-    Returns ``(logprobs, log_ratio, advantages, valid)`` where padding holds logprob 0,
-    log-ratio 0 (ratio 1) and advantage 0, so no inf/NaN from padding reaches autograd.
-    """
-    if logprobs.dim() != 2 or logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
-        raise ValueError(
-            "logprobs, old_logprobs and mask must all be [B, T]; got "
-            f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(mask.shape)}."
-        )
-    if advantages.dim() == 1 and advantages.shape[0] == logprobs.shape[0]:
-        advantages = advantages[:, None].expand_as(logprobs)  # [B] -> [B, T]
-    elif advantages.shape != logprobs.shape:
-        raise ValueError(
-            f"advantages must be [B] or [B, T] = {tuple(logprobs.shape)}; got {tuple(advantages.shape)}."
-        )
-    valid = mask.bool()  # [B, T]
-    zero = torch.zeros_like(logprobs)  # [B, T]
-    logprobs = torch.where(valid, logprobs, zero)  # [B, T]
-    log_ratio = torch.where(valid, logprobs - old_logprobs.detach(), zero)  # [B, T]
-    advantages = torch.where(valid, advantages.detach().to(logprobs.dtype), zero)  # [B, T]
-    return logprobs, log_ratio, advantages, valid
-
-
-# A token-mean metric ``key`` comes with ``key + TOKEN_COUNT`` (its number of tokens), so the
-# update can combine micro-batches and ranks into the exact token-weighted value of the step
-# (``rlvr.step_metrics``) and leave out a metric that had no tokens at all.
-TOKEN_COUNT = "#tokens"
-
-
-def _masked_mean(values: Tensor, selected: Tensor) -> Tensor:
-    """Mean of ``values`` over ``selected`` (bool, same shape); 0 when nothing is selected."""
-    values = torch.where(selected, values, torch.zeros_like(values))
-    return values.sum() / selected.sum().clamp(min=1)
-
-
-def _token_means(metrics: dict[str, Tensor], **means: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-    """Add each ``name=(values, selected)`` as its masked mean and its token count; returns ``metrics``."""
-    for key, (values, selected) in means.items():
-        key = key.replace("__", "/")
-        metrics[key] = _masked_mean(values, selected)
-        metrics[key + TOKEN_COUNT] = selected.sum()
-    return metrics
-
-
-def _finish(
-    per_token: Tensor,
-    ratio: Tensor,
-    logprobs: Tensor,
-    valid: Tensor,
-    metrics: dict[str, Tensor],
-    *,
-    aggregation: str,
-    norm_len: float | None,
-    global_tokens: float | Tensor | None,
-    global_seqs: float | Tensor | None,
-    ref_logprobs: Tensor | None,
-    kl_coef: float,
-    entropy: Tensor | None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Aggregate, add the KL penalty, and attach the shared metrics."""
+def policy_loss(loss: PolicyLoss, inputs: LossInputs, hyperparameters: dict[str, float], *, aggregation: str,
+                norm_len: float | None, global_tokens: float | Tensor | None, global_seqs: float | Tensor | None,
+                ref_logprobs: Tensor | None, kl_coef: float,
+                entropy: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Term -> reduction -> KL penalty -> shared metrics (``ratio/mean``, ``ratio/max``, ``entropy``, ``kl``)."""
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}.")
     if kl_coef > 0 and ref_logprobs is None:
@@ -221,68 +144,36 @@ def _finish(
             f"kl_coef={kl_coef} needs ref_logprobs (the reference policy's [B, T] log-probs); "
             "pass them or set kl_coef=0."
         )
+    per_token, ratio, metrics = loss.term(inputs, **hyperparameters)  # [B, T], [B, T]
+    valid, logprobs = inputs.valid, inputs.logprobs
     agg = dict(mode=aggregation, norm_len=norm_len, global_tokens=global_tokens, global_seqs=global_seqs)
-    loss = aggregate(per_token, valid, **agg)
+    total = aggregate(per_token, valid, **agg)
 
     if ref_logprobs is not None:
         # k3 = exp(ref - logp) - (ref - logp) - 1 >= 0; gradient flows through logp only.
         delta = torch.where(valid, ref_logprobs.detach() - logprobs, torch.zeros_like(logprobs))  # [B, T]
         kl = aggregate(torch.exp(delta) - delta - 1.0, valid, **agg)
         if kl_coef > 0:
-            loss = loss + kl_coef * kl
+            total = total + kl_coef * kl
         metrics["kl"] = kl.detach()
 
     with torch.no_grad():
         ratio = ratio.detach()  # [B, T]
-        _token_means(metrics, ratio__mean=(ratio, valid))
+        shared = {"ratio/mean": (ratio, valid)}
+        if entropy is not None:
+            shared["entropy"] = (entropy.detach(), valid)
+        metrics.update(token_means(shared))
         ratio_max = torch.where(valid, ratio, torch.full_like(ratio, float("-inf"))).amax()
         metrics["ratio/max"] = torch.where(valid.any(), ratio_max, torch.zeros_like(ratio_max))
-        if entropy is not None:
-            _token_means(metrics, entropy=(entropy.detach(), valid))
-    return loss, metrics
-
-
-def _clipped_surrogate(
-    ratio: Tensor, advantages: Tensor, valid: Tensor, clip_low: float, clip_high: float
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO surrogate ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)`` and its ``clip_frac`` metric.
-
-    A token counts as clipped when the clipped term is strictly the smaller one, which is
-    exactly when (A > 0 and r > 1 + clip_high) or (A < 0 and r < 1 - clip_low); those
-    tokens get zero gradient.
-    """
-    clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
-    per_token = -torch.minimum(ratio * advantages, clipped_ratio * advantages)  # [B, T]
-    with torch.no_grad():
-        is_clipped = ((advantages > 0) & (ratio > 1.0 + clip_high)) | (
-            (advantages < 0) & (ratio < 1.0 - clip_low)
-        )  # [B, T]
-        metrics = _token_means({}, clip_frac=(is_clipped.to(ratio.dtype), valid))
-    return per_token, metrics
+    return total, metrics
 
 
 # --------------------------------------------------------------------------------------------
-# Losses
+# Terms
 # --------------------------------------------------------------------------------------------
 
 
-def sapo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "seq-mean-token-mean",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    tau_pos: float = 1.0,
-    tau_neg: float = 1.05,
-    log_ratio_clamp: float = 20.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
+def sapo_term(x: LossInputs, *, tau_pos: float, tau_neg: float, log_ratio_clamp: float):
     """Soft Adaptive Policy Optimization (Gao et al. 2025, arXiv 2511.20347).
 
     Replaces the hard clip with a smooth gate on the token ratio::
@@ -296,160 +187,68 @@ def sapo(
     tau decays faster, so tau_neg > tau_pos damps negative-advantage updates more.
 
     Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
-        tau_pos, tau_neg: gate temperatures for A > 0 and A <= 0.
+        tau_pos, tau_neg: gate temperatures for A > 0 and A <= 0 (A = 0 tokens have no gradient either way).
         log_ratio_clamp: bound on |logp - old_logp| so exp never overflows.
 
     Metrics: ``sapo/gate_pos`` and ``sapo/gate_neg`` (mean gate weight over valid tokens with
     A > 0 and A < 0), ``sapo/gate_below_half`` (share of valid tokens with weight < 0.5),
     plus the shared ``ratio/mean``, ``ratio/max``, ``entropy``, ``kl``.
     """
-    logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
-    ratio = torch.exp(log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp))  # [B, T]
-    positive = advantages > 0  # [B, T]
+    ratio = torch.exp(x.log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp))  # [B, T]
+    positive = x.advantages > 0  # [B, T]
     # Built in the ratio's dtype: a float32 constant cast up would make tau_neg 1.0499999523 in fp64.
     tau = torch.full_like(ratio, tau_neg).masked_fill(positive, tau_pos)  # [B, T]
     gate = torch.sigmoid(tau * (ratio - 1.0))  # [B, T]
-    per_token = -gate * (4.0 / tau) * advantages  # [B, T]
-
+    per_token = -gate * (4.0 / tau) * x.advantages  # [B, T]
     with torch.no_grad():
         weight = 4.0 * gate * (1.0 - gate)  # [B, T] f'(r)
         # A = 0 tokens carry no gradient, so they belong to neither gate metric.
-        metrics = _token_means({}, sapo__gate_pos=(weight, valid & positive),
-                               sapo__gate_neg=(weight, valid & (advantages < 0)),
-                               sapo__gate_below_half=((weight < 0.5).to(weight.dtype), valid))
-    return _finish(
-        per_token, ratio, logprobs, valid, metrics,
-        aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-        global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy,
-    )  # fmt: skip
+        metrics = token_means({"sapo/gate_pos": (weight, x.valid & positive),
+                               "sapo/gate_neg": (weight, x.valid & (x.advantages < 0)),
+                               "sapo/gate_below_half": ((weight < 0.5).to(weight.dtype), x.valid)})
+    return per_token, ratio, metrics
 
 
-def _ppo_family(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-    clip_low: float, clip_high: float, shared: dict,
-) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
-    """Shared body of grpo, dapo and dr_grpo: token ratio, clipped surrogate, aggregation."""
-    logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
-    ratio = torch.exp(log_ratio)  # [B, T]
-    per_token, metrics = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
-    return _finish(per_token, ratio, logprobs, valid, metrics, **shared)
+def _clipped(ratio: Tensor, x: LossInputs, clip_low: float, clip_high: float):
+    """PPO surrogate ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)`` and its ``clip_frac`` metric.
+
+    A token counts as clipped when the clipped term is strictly the smaller one, which is
+    exactly when (A > 0 and r > 1 + clip_high) or (A < 0 and r < 1 - clip_low); those
+    tokens get zero gradient.
+    """
+    a = x.advantages
+    clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
+    per_token = -torch.minimum(ratio * a, clipped_ratio * a)  # [B, T]
+    with torch.no_grad():
+        is_clipped = ((a > 0) & (ratio > 1.0 + clip_high)) | ((a < 0) & (ratio < 1.0 - clip_low))  # [B, T]
+        metrics = token_means({"clip_frac": (is_clipped.to(ratio.dtype), x.valid)})
+    return per_token, ratio, metrics
 
 
-def grpo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "seq-mean-token-mean",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300): PPO's clipped surrogate.
+def clipped_term(x: LossInputs, *, clip_low: float, clip_high: float):
+    """grpo, dapo and dr_grpo: PPO's clipped surrogate on the token ratio r = exp(logp - old_logp).
 
-    ``loss = aggregate(-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A))``, r = exp(logp - old_logp),
-    averaged per sequence then over sequences by default, as in the paper.
+    GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300):
+    ``loss = aggregate(-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A))``, averaged per
+    sequence then over sequences by default, as in the paper.
 
-    Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
+    DAPO (Yu et al. 2025, arXiv 2503.14476): "clip-higher", a wider upper bound (0.28 vs 0.2)
+    so low-probability tokens can grow, and token-level averaging by default so long
+    sequences are not down-weighted.
+
+    Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783): the
+    GRPO surrogate without the per-sequence 1/|o_i| length normaliser,
+    ``(1/B) sum_i (1/norm_len) sum_t -min(r A, clip(r) A)`` with a constant ``norm_len``
+    (default T, the mask's width; the trainer passes the generation budget). The paper's
+    other change, advantages not divided by the group std, lives in the advantage estimator.
 
     Metrics: ``clip_frac`` (share of valid tokens whose clipped term is active; they get no
     gradient) plus the shared ones.
     """
-    shared = dict(aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-                  global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy)  # fmt: skip
-    return _ppo_family(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, shared)
+    return _clipped(torch.exp(x.log_ratio), x, clip_low, clip_high)
 
 
-def dapo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "token-mean",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """DAPO (Yu et al. 2025, arXiv 2503.14476): clipped surrogate with "clip-higher".
-
-    ``loss = aggregate(-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A))`` with a wider upper
-    bound (0.28 vs 0.2) so low-probability tokens can grow, and token-level averaging by
-    default so long sequences are not down-weighted.
-
-    Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
-
-    Metrics: ``clip_frac`` plus the shared ones.
-    """
-    shared = dict(aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-                  global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy)  # fmt: skip
-    return _ppo_family(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, shared)
-
-
-def dr_grpo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "seq-mean-token-sum-norm",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783).
-
-    The GRPO surrogate without the per-sequence 1/|o_i| length normaliser:
-    ``loss = (1/B) sum_i (1/norm_len) sum_t -min(r A, clip(r) A)`` with a constant
-    ``norm_len`` (default T, the mask's width). The paper's other change, advantages not
-    divided by the group std, lives in the advantage estimator, not here.
-
-    Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
-        norm_len: the constant divisor (e.g. the generation budget); None means T.
-
-    Metrics: ``clip_frac`` plus the shared ones.
-    """
-    shared = dict(aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-                  global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy)  # fmt: skip
-    return _ppo_family(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, shared)
-
-
-def gspo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "seq-mean-token-mean",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    clip_low: float = 3e-4,
-    clip_high: float = 4e-4,
-) -> tuple[Tensor, dict[str, Tensor]]:
+def gspo_term(x: LossInputs, *, clip_low: float, clip_high: float):
     """GSPO (Zheng et al. 2025, Group Sequence Policy Optimization, arXiv 2507.18071).
 
     Clips one length-normalised ratio per sequence instead of one per token::
@@ -463,39 +262,16 @@ def gspo(
     sequence gets the same gradient scale (all are clipped or none). The clip range is
     tiny because s_i is a geometric mean over tokens.
 
-    Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
-
     Metrics: ``clip_frac`` (share of valid tokens in clipped sequences), shared ones with
     ``ratio/*`` describing s_it.
     """
-    logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
-    seq_len = valid.sum(dim=-1, keepdim=True).clamp(min=1)  # [B, 1]
-    seq_ratio = torch.exp(log_ratio.sum(dim=-1, keepdim=True) / seq_len)  # [B, 1]
-    ratio = seq_ratio.detach() * torch.exp(logprobs - logprobs.detach())  # [B, T]
-    per_token, metrics = _clipped_surrogate(ratio, advantages, valid, clip_low, clip_high)
-    return _finish(
-        per_token, ratio, logprobs, valid, metrics,
-        aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-        global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy,
-    )  # fmt: skip
+    seq_len = x.valid.sum(dim=-1, keepdim=True).clamp(min=1)  # [B, 1]
+    seq_ratio = torch.exp(x.log_ratio.sum(dim=-1, keepdim=True) / seq_len)  # [B, 1]
+    ratio = seq_ratio.detach() * torch.exp(x.logprobs - x.logprobs.detach())  # [B, T]: value s_i, d/dlogp = s_i
+    return _clipped(ratio, x, clip_low, clip_high)
 
 
-def cispo(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    aggregation: str = "token-mean",
-    norm_len: float | None = None,
-    global_tokens: float | Tensor | None = None,
-    global_seqs: float | Tensor | None = None,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    entropy: Tensor | None = None,
-    clip_high: float = 5.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
+def cispo_term(x: LossInputs, *, clip_high: float):
     """CISPO (MiniMax-M1, arXiv 2506.13585): clip the importance weight, not the update.
 
     ``loss = aggregate(-sg(min(r, 1 + clip_high)) A logp)``: a REINFORCE term whose detached
@@ -509,34 +285,31 @@ def cispo(
     estimate of the objective; compare runs by reward, not by this number.
 
     Args:
-        logprobs, old_logprobs, mask: ``[B, T]``; advantages: ``[B]`` or ``[B, T]``.
         clip_high: the weight is truncated at ``1 + clip_high``.
 
     Metrics: ``clip_frac`` (share of valid tokens whose weight was truncated) plus the shared ones.
     """
-    logprobs, log_ratio, advantages, valid = _prepare(logprobs, old_logprobs, advantages, mask)
-    ratio = torch.exp(log_ratio)  # [B, T]
+    ratio = torch.exp(x.log_ratio)  # [B, T]
     weight = ratio.detach().clamp(max=1.0 + clip_high)  # [B, T]
-    per_token = -weight * advantages * logprobs  # [B, T]
+    per_token = -weight * x.advantages * x.logprobs  # [B, T]
     with torch.no_grad():
-        metrics = _token_means({}, clip_frac=((ratio > 1.0 + clip_high).to(ratio.dtype), valid))
-    return _finish(
-        per_token, ratio, logprobs, valid, metrics,
-        aggregation=aggregation, norm_len=norm_len, global_tokens=global_tokens,
-        global_seqs=global_seqs, ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy,
-    )  # fmt: skip
+        metrics = token_means({"clip_frac": ((ratio > 1.0 + clip_high).to(ratio.dtype), x.valid)})
+    return per_token, ratio, metrics
 
 
-PolicyLoss = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
 
-POLICY_LOSSES: dict[str, PolicyLoss] = {
-    "sapo": sapo,
-    "grpo": grpo,
-    "dapo": dapo,
-    "dr_grpo": dr_grpo,
-    "gspo": gspo,
-    "cispo": cispo,
-}
+sapo = PolicyLoss("sapo", sapo_term, {"tau_pos": 1.0, "tau_neg": 1.05, "log_ratio_clamp": 20.0},
+                  "seq-mean-token-mean")
+grpo = PolicyLoss("grpo", clipped_term, {"clip_low": 0.2, "clip_high": 0.2}, "seq-mean-token-mean")
+dapo = PolicyLoss("dapo", clipped_term, {"clip_low": 0.2, "clip_high": 0.28}, "token-mean")
+dr_grpo = PolicyLoss("dr_grpo", clipped_term, {"clip_low": 0.2, "clip_high": 0.2}, "seq-mean-token-sum-norm")
+gspo = PolicyLoss("gspo", gspo_term, {"clip_low": 3e-4, "clip_high": 4e-4}, "seq-mean-token-mean")
+cispo = PolicyLoss("cispo", cispo_term, {"clip_high": 5.0}, "token-mean")
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {loss.name: loss for loss in (sapo, grpo, dapo, dr_grpo, gspo, cispo)}
 
 
 def _lookup(name: str) -> PolicyLoss:
@@ -546,15 +319,10 @@ def _lookup(name: str) -> PolicyLoss:
 
 
 def loss_hyperparameters(name: str) -> set[str]:
-    """The loss-specific keyword arguments of ``POLICY_LOSSES[name]`` (not `SHARED_KEYWORDS`).
-
-    A trainer passes the shared keywords to every loss and, of the algorithm settings,
-    only these, so e.g. ``tau_pos`` never reaches ``grpo`` (which would raise TypeError).
-    """
-    params = inspect.signature(_lookup(name)).parameters.values()
-    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} - SHARED_KEYWORDS
+    """The loss's own keyword arguments (not `SHARED_KEYWORDS`): a trainer passes only these of its settings."""
+    return set(_lookup(name).hyperparameters)
 
 
 def default_aggregation(name: str) -> str:
     """The aggregation mode ``POLICY_LOSSES[name]`` uses when none is passed."""
-    return inspect.signature(_lookup(name)).parameters["aggregation"].default
+    return _lookup(name).aggregation

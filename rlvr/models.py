@@ -383,7 +383,7 @@ def shared_image_features(decoder: torch.nn.Module, image_source: torch.Tensor |
     """Within the block, the decoder encodes each distinct image once.
 
     ``image_source`` [N_images]: for each image of the batch (in ``image_grid_thw`` order),
-    the index of the first image identical to it (``rollout.collate_sequences`` knows: the
+    the index of the first image identical to it (``rlvr.batch.collate_sequences`` knows: the
     G samples of a prompt share its images). The vision tower then runs on the distinct
     images only and their features are repeated to every copy, so backward sums the
     copies' gradients into each image, as G separate encodings would. The model's own

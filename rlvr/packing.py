@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from rlvr.rollout import PromptInputs, Response
+from rlvr.batch import PromptInputs, Response
 
 
 class SampleCosts(NamedTuple):
@@ -40,7 +40,7 @@ class SampleCosts(NamedTuple):
 def sample_costs(prompts: Sequence[PromptInputs], responses: Sequence[Response]) -> SampleCosts:
     """The costs of each sample; ``prompts[i]`` is the prompt of ``responses[i]``.
 
-    Prompts are told apart by identity, as ``rlvr.rollout.collate_sequences`` does when it
+    Prompts are told apart by identity, as ``rlvr.batch.collate_sequences`` does when it
     marks the rows that share images.
     """
     first: dict[int, int] = {}  # id(prompt) -> first sample using it

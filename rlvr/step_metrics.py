@@ -3,7 +3,7 @@
 Three kinds, each combined exactly over micro-batches, minibatches and ranks:
 
 - token means (``ratio/mean``, ``entropy``, ``sapo/gate_*``, ``clip_frac``, ...): the
-  losses return each with its token count (``rlvr.losses.TOKEN_COUNT``); the step's value is
+  losses return each with its token count (``rlvr.aggregation.TOKEN_COUNT``); the step's value is
   the sum over all tokens of the step, on all ranks, divided by their number, so it does not
   depend on how the step was cut into micro-batches. A metric with no token anywhere in the
   step is left out (not 0, not nan);
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.losses import TOKEN_COUNT
+from rlvr.aggregation import TOKEN_COUNT
 
 
 class StepMetrics:

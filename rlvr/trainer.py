@@ -36,10 +36,12 @@ from rlvr.distributed import (StopSignal, configure_deepspeed, describe_ranks, g
 from rlvr.lora import apply_lora, inner_model, is_lora, save_adapter
 from rlvr.models import load_model, load_processor, save_processor, stop_token_ids, vision_tower
 from rlvr.plot import plot_run
-from rlvr.rollout import encode_prompt, generate, response_seeds
+from rlvr.batch import encode_prompt
+from rlvr.rollout import generate, response_seeds
 from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
-from rlvr.update import PolicyLogprobs, PolicyUpdate
+from rlvr.logprobs import PolicyLogprobs
+from rlvr.update import PolicyUpdate
 
 logger = logging.getLogger(__name__)
 

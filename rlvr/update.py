@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.batch import PromptInputs, Response, collate_sequences
 from rlvr.config import Config
 from rlvr.distributed import is_deepspeed, max_over_ranks
 from rlvr.logprobs import response_logprobs
-from rlvr.lora import inner_model, reference_context
+from rlvr.lora import reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
 from rlvr.packing import pack_by_tokens, sample_costs, split_to_count
-from rlvr.rollout import PromptInputs, Response, collate_sequences
 from rlvr.step_metrics import StepMetrics
 
 
@@ -54,19 +54,6 @@ def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, :len(row)] = row
     return out  # [B, width]
-
-
-class PolicyLogprobs(torch.nn.Module):
-    """The policy (a transformers or peft model) as a module whose forward gives response log-probs."""
-
-    def __init__(self, policy: torch.nn.Module):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, batch: dict, temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False,
-                share_prompts: bool = True):
-        return response_logprobs(inner_model(self.policy), batch, temperature=temperature, chunk_size=chunk_size,
-                                 with_entropy=with_entropy, share_prompts=share_prompts)
 
 
 class PolicyUpdate:

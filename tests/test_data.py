@@ -10,7 +10,7 @@ from PIL import Image
 from rlvr.config import DataConfig
 from rlvr.data import DataError, EpochSampler, build_messages, image_tokens, load_examples
 from rlvr.models import load_processor
-from rlvr.rollout import encode_prompt
+from rlvr.batch import encode_prompt
 from tests.conftest import save_image, write_jsonl
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlvr.config import DataConfig, RolloutConfig
-from rlvr.rollout import SeededSampling, encode_prompt, generate, mix_seed, response_seeds, uniform_noise
+from rlvr.batch import encode_prompt
+from rlvr.rollout import SeededSampling, generate, mix_seed, response_seeds, uniform_noise
 
 
 def test_mix_seed_is_stable_and_spreads():

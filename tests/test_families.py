@@ -21,7 +21,8 @@ from rlvr.data import Example
 from rlvr.logprobs import response_logprobs
 from rlvr.losses import POLICY_LOSSES
 from rlvr.models import FAMILIES, load_model, load_processor, stop_token_ids, vision_tower
-from rlvr.rollout import collate_sequences, encode_prompt, generate
+from rlvr.batch import collate_sequences, encode_prompt
+from rlvr.rollout import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

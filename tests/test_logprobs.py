@@ -12,7 +12,8 @@ from rlvr.config import RolloutConfig
 from rlvr.logprobs import response_logprobs
 from rlvr.losses import POLICY_LOSSES
 from rlvr.models import load_model, load_processor, never_sample_ids, stop_token_ids
-from rlvr.rollout import PromptInputs, collate_sequences, generate
+from rlvr.batch import PromptInputs, collate_sequences
+from rlvr.rollout import generate
 
 
 def _prompt(processor, text: str, sizes: list[tuple[int, int]]) -> PromptInputs:
@@ -130,3 +131,31 @@ def test_one_micro_batch_of_8_equals_8_of_1_with_accumulation(qwen25_dir, aggreg
     for name in whole:
         torch.testing.assert_close(singles[name], whole[name], atol=2e-6, rtol=1e-4, msg=name)
     assert any(g.abs().sum() > 0 for n, g in whole.items() if "visual" in n), "the vision tower gets gradients"
+
+
+class _EngineLike(torch.nn.Module):
+    """Like a DeepSpeed engine around the model: attributes forwarded, but a `config` of its own."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.config = {"train_batch_size": 2}  # DeepSpeed's config, not the model's
+
+    @property
+    def model(self):
+        return self.module.model
+
+    def get_output_embeddings(self):
+        return self.module.get_output_embeddings()
+
+
+def test_wrapped_reference_leaves_out_the_same_tokens(setup):
+    """The ZeRO-3 reference is a DeepSpeed engine: its log-probs must be of the policy's distribution."""
+    processor, model, prompts = setup
+    responses = [torch.tensor([40, 41, 42, 43][: 2 + i % 3]) for i in range(len(prompts))]
+    batch = collate_sequences(prompts, responses, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        direct, _ = response_logprobs(model, batch)
+        wrapped, _ = response_logprobs(_EngineLike(model), batch)
+    mask = batch["response_mask"].bool()
+    assert torch.equal(direct[mask], wrapped[mask])  # KL to an unchanged reference is exactly 0

@@ -13,7 +13,7 @@ import torch
 import rlvr.logprobs as logprobs_module
 from rlvr.logprobs import _ChunkedSelectiveLogSoftmax, response_logprobs, selective_logprobs
 from rlvr.models import load_model, load_processor
-from rlvr.rollout import collate_sequences
+from rlvr.batch import collate_sequences
 from tests.test_logprobs import _prompt
 
 N, H, V = 37, 16, 50

@@ -6,8 +6,8 @@ import torch
 from rlvr.config import LoraConfig
 from rlvr.lora import apply_lora, inner_model, is_lora, lora_targets, reference_context, save_adapter
 from rlvr.models import load_model
-from rlvr.rollout import collate_sequences, encode_prompt
-from rlvr.update import PolicyLogprobs
+from rlvr.batch import collate_sequences, encode_prompt
+from rlvr.logprobs import PolicyLogprobs
 
 
 @pytest.fixture()

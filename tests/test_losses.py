@@ -142,11 +142,18 @@ def example(adv_per_token: bool = False):
 
 def test_registry_and_signatures():
     assert set(POLICY_LOSSES) == {"sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo"}
-    for name, fn in POLICY_LOSSES.items():
-        params = inspect.signature(fn).parameters
+    for name, loss in POLICY_LOSSES.items():
+        params = inspect.signature(loss.__call__).parameters
         assert list(params)[:4] == ["logprobs", "old_logprobs", "advantages", "mask"]
         assert SHARED_KEYWORDS <= set(params), name
-        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), name
+        # a loss's own hyperparameters are exactly its registry entry's, with their defaults
+        assert not SHARED_KEYWORDS & set(loss.hyperparameters), name
+        assert set(inspect.signature(loss.term).parameters) - {"x"} == set(loss.hyperparameters), name
+    assert sapo.hyperparameters == {"tau_pos": 1.0, "tau_neg": 1.05, "log_ratio_clamp": 20.0}
+    assert grpo.hyperparameters == {"clip_low": 0.2, "clip_high": 0.2}
+    assert dapo.hyperparameters == {"clip_low": 0.2, "clip_high": 0.28}
+    assert gspo.hyperparameters == {"clip_low": 3e-4, "clip_high": 4e-4}
+    assert cispo.hyperparameters == {"clip_high": 5.0}
     assert loss_hyperparameters("sapo") == {"tau_pos", "tau_neg", "log_ratio_clamp"}
     for name in ("grpo", "dapo", "dr_grpo", "gspo"):
         assert loss_hyperparameters(name) == {"clip_low", "clip_high"}

@@ -15,8 +15,9 @@ import torch
 from rlvr.config import Config
 from rlvr.models import load_model, load_processor
 from rlvr.packing import SampleCosts, micro_batch_cost, pack_by_tokens, sample_costs, split_to_count
-from rlvr.rollout import PromptInputs, Response
-from rlvr.update import PolicyLogprobs, PolicyUpdate
+from rlvr.batch import PromptInputs, Response
+from rlvr.logprobs import PolicyLogprobs
+from rlvr.update import PolicyUpdate
 from tests.test_logprobs import _prompt
 
 # ---------------------------------------------------------------- the pure functions
@@ -246,7 +247,7 @@ def test_extra_splits_to_match_another_rank_change_nothing(qwen25_dir, rollout):
 def test_token_metrics_are_token_weighted_over_the_step(qwen25_dir, rollout):
     """Micro-batches of 1: the metric is the mean over all response tokens, not a mean of row means."""
     from rlvr.logprobs import response_logprobs
-    from rlvr.rollout import collate_sequences
+    from rlvr.batch import collate_sequences
 
     processor, prompts, responses, _ = rollout
     metrics = _update(qwen25_dir, rollout, 1, micro_batch_size=1)[0]

@@ -13,7 +13,8 @@ import torch
 from rlvr.config import RolloutConfig
 from rlvr.logprobs import response_logprobs
 from rlvr.models import load_model, load_processor, stop_token_ids, vision_tower
-from rlvr.rollout import collate_sequences, generate
+from rlvr.batch import collate_sequences
+from rlvr.rollout import generate
 from tests.test_logprobs import _prompt, _rollout_logprobs
 
 

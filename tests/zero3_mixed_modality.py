@@ -45,7 +45,8 @@ def run(acc, model_dir: str, steps: int = 3) -> None:
     from rlvr.config import RolloutConfig
     from rlvr.logprobs import response_logprobs
     from rlvr.models import load_model, load_processor, stop_token_ids
-    from rlvr.rollout import PromptInputs, collate_sequences, generate
+    from rlvr.batch import PromptInputs, collate_sequences
+    from rlvr.rollout import generate
 
     torch.manual_seed(0)
     processor = load_processor(model_dir)
