@@ -12,7 +12,7 @@ Predictions from a run are scored the way the run scored them. The answer extrac
 (``rlvr.evaluate`` and the trainer's evaluations write ``answer_extraction`` and ``rel_tol``
 into every row); the run's ``config.yaml`` in the file's folder or the one above it
 (``RUN/eval/step_N.jsonl`` -> ``RUN/config.yaml``, ``reward.answer_extraction``); else
-``boxed`` and 1e-6. The output says which was used.
+the verifier's defaults (``boxed``, no extra tolerance). The output says which was used.
 """
 
 from __future__ import annotations
@@ -63,13 +63,22 @@ def read_predictions(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 EXTRACTIONS = ("boxed", "last_number")
-DEFAULTS = {"answer_extraction": "boxed", "rel_tol": 0.0}
+SETTINGS = ("answer_extraction", "rel_tol")  # what a run's scoring can differ in (its reward.* keys)
+
+
+def _default(key: str) -> Any:
+    """The verifier's own default for ``key``, which is also the config's (one source)."""
+    import inspect
+
+    from rlvr.rewards import Verifier
+
+    return inspect.signature(Verifier).parameters[key].default
 
 
 def _valid(key: str, value: Any) -> bool:
     if key == "answer_extraction":
         return value in EXTRACTIONS
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value < 1
 
 
 def run_config(path: Path) -> Path | None:
@@ -91,10 +100,10 @@ def scoring_settings(path: Path, rows: list[tuple[int, dict[str, Any]]], flags: 
     settings: dict[str, tuple[Any, str]] = {}
     config: dict[str, Any] | None = None
     config_path = None
-    for key, default in DEFAULTS.items():
+    for key in SETTINGS:
         if flags.get(key) is not None:
             if not _valid(key, flags[key]):
-                raise PredictionsError(f"--{key.replace('_', '-')} {flags[key]!r} is not valid; expected a number >= 0")
+                raise PredictionsError(f"--{key.replace('_', '-')} {flags[key]!r} is not valid; expected a number in [0, 1)")
             settings[key] = (flags[key], f"--{key.replace('_', '-')}")
             continue
         found = {}
@@ -110,7 +119,7 @@ def scoring_settings(path: Path, rows: list[tuple[int, dict[str, Any]]], flags: 
             if not _valid(key, value):
                 raise PredictionsError(f"{path}:{next(iter(found.values()))}: {key}={value!r} is not valid"
                                        + (f"; expected one of {', '.join(EXTRACTIONS)}" if key == "answer_extraction"
-                                          else "; expected a number >= 0"))
+                                          else "; expected a number in [0, 1)"))
             settings[key] = (value, "the predictions' rows")
             continue
         if config is None:
@@ -122,7 +131,7 @@ def scoring_settings(path: Path, rows: list[tuple[int, dict[str, Any]]], flags: 
                 raise PredictionsError(f"{config_path}: reward.{key}={value!r} is not valid")
             settings[key] = (value, str(config_path))
         else:
-            settings[key] = (default, "default")
+            settings[key] = (_default(key), "default")
     return settings
 
 
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer-extraction", choices=EXTRACTIONS, default=None,
                         help="default: the rows' answer_extraction, else the run's config.yaml, else boxed")
     parser.add_argument("--rel-tol", type=float, default=None,
-                        help="relative tolerance for non-integer golds (default: as --answer-extraction; 1e-6)")
+                        help="extra relative tolerance (default: as --answer-extraction, else the verifier's: 0)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per answer in math-verify")
     parser.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
     parser.add_argument("--output", type=Path, default=None, help="default: PREDICTIONS.scored.jsonl")

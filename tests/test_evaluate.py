@@ -254,7 +254,7 @@ def test_a_run_trained_with_last_number_scores_the_same_as_its_evaluation(qwen25
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [json.loads(line) for line in open(run / "metrics.jsonl")]
     preds = [json.loads(line) for line in open(run / "eval" / "step_000001.jsonl")]
-    assert {(p["answer_extraction"], p["rel_tol"]) for p in preds} == {("last_number", 1e-6)}
+    assert {(p["answer_extraction"], p["rel_tol"]) for p in preds} == {("last_number", load_config(DEMO).reward.rel_tol)}
 
     assert score([str(run / "eval" / "step_000001.jsonl"), "--workers", "1"]) == 0
     printed = capsys.readouterr().out
@@ -299,7 +299,7 @@ def test_score_takes_the_extraction_from_the_rows_then_the_runs_config(tmp_path,
     assert "answer_extraction=boxed (from the predictions' rows)" in capsys.readouterr().out
     bare = _predictions(tmp_path / "elsewhere" / "deep" / "p.jsonl", lines)
     assert score([bare, "--workers", "1"]) == 0
-    assert "answer_extraction=boxed (from default), rel_tol=1e-06 (from default)" in capsys.readouterr().out
+    assert "answer_extraction=boxed (from default), rel_tol=0 (from default)" in capsys.readouterr().out  # the Verifier's
 
     # rows that disagree, or carry nonsense, are an error that says what to do
     mixed = _predictions(tmp_path / "mixed.jsonl", [{**lines[0], "answer_extraction": "boxed"},
@@ -313,3 +313,5 @@ def test_score_takes_the_extraction_from_the_rows_then_the_runs_config(tmp_path,
         capsys.readouterr().err
     assert score([bare, "--rel-tol", "-1"]) == 2
     assert "--rel-tol -1.0 is not valid" in capsys.readouterr().err
+    assert score([bare, "--rel-tol", "1.5"]) == 2  # the verifier takes [0, 1): a message, not its ValueError
+    assert "--rel-tol 1.5 is not valid; expected a number in [0, 1)" in capsys.readouterr().err
