@@ -13,6 +13,14 @@ frozen weights never change and are loaded again from ``model.name_or_path`` on 
 Resume (``resume=auto`` or ``resume=PATH``) restores all of it, and the run's
 ``metrics.jsonl`` and ``prompts.jsonl`` are cut back to the checkpoint's step, so an
 interrupted-and-resumed run leaves the same files as an uninterrupted one.
+
+Resume with another config (``plan_resume``): the config is compared with the one the run
+last started with (``config.yaml``, or the newest ``config.resume-NNNNNN.yaml``); changes
+that only lengthen the run or change how it is watched, saved or batched for memory
+(``SAFE_RESUME_CHANGES``) are accepted and listed, anything else is refused unless
+``checkpoint.allow_resume_changes=true``. A resume with changes writes its config to
+``config.resume-<step>.yaml``; ``config.yaml`` stays the original. A run already at
+``trainer.max_steps`` is reported finished, and nothing runs.
 """
 
 from __future__ import annotations

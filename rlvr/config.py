@@ -206,7 +206,9 @@ class LogConfig:
 class Config:
     output_dir: str = "runs/default"  # run directory: checkpoints, logs, resolved config
     # None: a fresh run (refuses an output_dir that already holds one) | auto: continue from the
-    # newest complete checkpoint in output_dir, or start fresh if there is none | a checkpoint folder
+    # newest complete checkpoint in output_dir, or start fresh if there is none | a checkpoint folder.
+    # A resume compares the config with the run's own and refuses changes to what the run means
+    # (see checkpoint.allow_resume_changes)
     resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,10 +1,15 @@
 """Check a training setup before it spends GPU hours; one readable report, non-zero exit on problems.
 
-    python -m rlvr.validate --config recipes/X.yaml [key=value ...] [--num-gpus 8 --zero-stage 3 ...]
+    python -m rlvr.validate --config recipes/X.yaml [key=value ...] [--num-processes 8 --zero-stage 3 ...]
 
 What it checks, in order:
 1. Config: the recipe and overrides resolve (unknown keys, types) and pass the cross-field
-   rules of ``rlvr.config.validate``; the output folder does not already hold a run.
+   rules of ``rlvr.config.validate`` for the run's process count (``--num-processes``, else
+   the launcher's WORLD_SIZE or accelerate's config): the same call training makes, so a
+   batch that does not split over the ranks fails here too. The output folder: what
+   ``resume`` will do there (``rlvr.checkpoint.plan_resume``, training's own decision): a
+   folder holding a run without ``resume=``, a resume from which step, which config keys
+   changed and whether training would accept them, or a finished run.
 2. Rewards: every ``reward.functions`` entry imports, and returns one finite float per
    completion on a made-up two-row batch.
 3. Model and processor: the family is supported; the processor's special tokens (image,
