@@ -43,6 +43,7 @@ from rlvr.rewards.numbers import (
         ("The answer is 72\nmore", "72", False),
         ("The answer is 3.5. Done.", "3.5", False),
         ("The answer is $1.5$. Done.", "$1.5$", False),
+        ("The answer is approx. 72 cm. Done.", "approx. 72 cm", False),  # an abbreviation's full stop
         ("The answer is 70. No wait. The answer is 72.", "72", False),  # the last statement
         ("Final Answer: The final answer is $12$. I hope it is correct.", "$12$", False),
         ("The answer is therefore 72.", "therefore 72", False),  # words are reduced later
@@ -158,6 +159,7 @@ def test_extraction_is_linear_on_huge_inputs():
         ("\\sum_{k=1}^{3} k", "\\sum_{k=1}^{3} k", False),  # '=' inside braces is not an assignment
         ("x = 5+5+1 = 11", "11", False),
         ("**72**", "72", False),  # markdown bold
+        ("72,", "72", False),  # a trailing comma is punctuation, not a list
     ],
 )
 def test_normalize_answer(raw, text, percent):
@@ -194,6 +196,7 @@ def test_form_verdicts(raw, outcome):
         ("The largest n is 34", "34"),
         ("therefore 72", "72"),
         ("approximately 72", "72"),
+        ("approx. 72 cm", "72"),
         ("Jane started growing it 3 hours ago", "3"),
         ("The domain of f(x) has 19 points", "19"),
         ("It is 72 thousand", "{72} \\times 1000"),
@@ -205,7 +208,8 @@ def test_words_around_one_number(raw, text):
     assert normalize_answer(raw, words=True).text == text
 
 
-@pytest.mark.parametrize("raw", ["12 and 13", "5 or 6", "not 72", "between 3 and 4", "at least 5", "the sum of the first 10 terms is 55"])
+@pytest.mark.parametrize("raw", ["12 and 13", "5 or 6", "not 72", "between 3 and 4", "at least 5", "the sum of the first 10 terms is 55",
+                                 "5 or so", "72 \\text{ or more}"])
 def test_words_around_several_numbers_or_a_hedge_are_no_answer(raw):
     assert normalize_answer(raw, words=True).verdict[0] == "no_answer"
 

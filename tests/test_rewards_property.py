@@ -23,6 +23,10 @@ FRAGMENTS = [
     "\\text{", "cm", " apples", "The answer is ", "Answer: ", "####", " ", "\n", "e", "e9", "x", "=",
     "\\approx", "\\times", "\\cdot", "10^{", "9^{9^{9}}", "\\left(", "\\right)", "\x00", "°", "^\\circ",
     "\\\\", "(", ")", "!", "\\infty", "1e999",
+    # second pass: statements, tags, special tokens, Unicode digits, hedges, scale words, closed forms
+    "Final Answer: The final answer is ", ". I hope it is correct.", "Answer \\[", "\\]", "<answer>", "</answer>",
+    "<|im_end|>", "\uff17\uff12", "\u0662", " thousand", " dozen", "\\pm", "!=", "\\ne ", "x=", ", y=", "\\sqrt{",
+    "\u221a", "\u00b2", "**", ",\\! ", "{,}", "\\pi", "5^{5^{5^{5}}}", " not ", " or ", "(C) ", "\\boxed{}",
 ]
 texts = st.one_of(
     st.text(max_size=60),

@@ -47,6 +47,8 @@ _AFTER_ANSWER_RE = re.compile(
 _AFTER_BARE_ANSWER_RE = re.compile(r"(?:\s*\*\*)?(?=\s*(?:\$|\\\(|\\\[)|[ \t*]*\n)")
 _AFTER_ZH_RE = re.compile(r"\s*(?:是|为|:)")
 _STATEMENT_MAX = 300  # characters of one statement
+# A full stop after these does not end the statement ("The answer is approx. 72.").
+_ABBREVIATION_RE = re.compile(r"(?:^|(?<=[^A-Za-z]))(?:approx|ca|e\.g|i\.e|vs|cf|resp|est)$", re.IGNORECASE)
 _ANSWER_TAG_RE = re.compile(r"<answer>", re.IGNORECASE)
 _ANSWER_TAG_END_RE = re.compile(r"</answer>", re.IGNORECASE)
 _DISPLAY_OPEN = {"$$": "$$", "\\[": "\\]"}
@@ -152,7 +154,7 @@ def _statement(text: str, start: int) -> tuple[str | None, bool, str]:
         else:
             if c == "\n":
                 return text[begin:i], True, ""
-            if c in ".!?" and (i + 1 == n or text[i + 1].isspace()) and not (c == "." and i + 1 < n and text[i + 1].isdigit()):
+            if c in ".!?" and (i + 1 == n or text[i + 1].isspace()) and not (c == "." and _ABBREVIATION_RE.search(text, max(begin, i - 8), i)):
                 return text[begin:i], True, ""
             if c == "\\":
                 i += 2

@@ -186,6 +186,7 @@ _SCALE = {"thousand": 10**3, "thousands": 10**3, "million": 10**6, "millions": 1
           "billion": 10**9, "billions": 10**9, "trillion": 10**12, "trillions": 10**12,
           "hundred": 100, "hundreds": 100, "dozen": 12, "dozens": 12}
 _VOID_SCALE_RE = re.compile(r"^(?:tenth|hundredth|thousandth|millionth|billionth|trillionth)s?$", re.IGNORECASE)
+_PIECE_LEAD_RE = re.compile(r"^(?:[\s,;:!?]|\.(?=\s))+")
 _PERCENT_WORDS = frozenset(("percent", "pct", "percentage", "percents"))
 # Words that make a statement something other than one value ("not 72", "between 3 and 4").
 _HEDGE_WORDS_RE = re.compile(
@@ -263,7 +264,7 @@ def _strip_tail(s: str) -> tuple[str, bool, tuple[str, str] | None]:
 
 def _piece(text: str, word: str) -> str:
     """A math piece cut out of a sentence, with a scale or percent word right after it."""
-    piece = text.strip(" ,;:!?").strip()
+    piece = _PIECE_LEAD_RE.sub("", text.strip(" ,;:!?")).strip()  # ". 72" after "approx."
     if piece.endswith(("(", "[")):  # "72 (approx.)": the bracket belongs to the words
         piece = piece[:-1].strip()
     if piece.startswith((")", "]")):
@@ -316,10 +317,12 @@ def normalize_answer(raw: str, words: bool = False) -> NormalizedAnswer:
     if _SIMPLE_NUMBER_RE.fullmatch(raw):  # "72", "-3.5": every step below is the identity
         return NormalizedAnswer(raw, False)
     s = clean_latex(raw)
+    if words and _HEDGE_WORDS_RE.search(s):  # before units: "5 or so" is not "5" with a unit "or so"
+        return NormalizedAnswer(s, False, ("no_answer", "a hedge: the statement is not one value (not/or/between/at least...)"))
     verdict = _form_verdict(s)
     if verdict is not None:
         return NormalizedAnswer(s, False, verdict)
-    if not words and _LIST_RE.search(s) and any(c.isdigit() for c in s):
+    if not words and _LIST_RE.search(s.rstrip(_TRAILING_PUNCT)) and any(c.isdigit() for c in s):
         return NormalizedAnswer(s, False, ("no_answer", "a hedge: a list of values"))
     s, verdict = _last_equation_side(s, words)
     if verdict is not None:
