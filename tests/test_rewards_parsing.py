@@ -197,6 +197,8 @@ def test_form_verdicts(raw, outcome):
         ("therefore 72", "72"),
         ("approximately 72", "72"),
         ("approx. 72 cm", "72"),
+        ("The value of x^2 is 49", "49"),  # an expression in a variable is not a number stated
+        ("The value of f(2) is 5", "5"),
         ("Jane started growing it 3 hours ago", "3"),
         ("The domain of f(x) has 19 points", "19"),
         ("It is 72 thousand", "{72} \\times 1000"),

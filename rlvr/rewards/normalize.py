@@ -274,6 +274,20 @@ def _piece(text: str, word: str) -> str:
     return piece
 
 
+def _is_variable_expression(piece: str) -> bool:
+    """An expression in a variable ("x^2", "a_1", "f(2)"): not a number stated."""
+    if not _LETTER_RE.search(piece):
+        return False
+    norm = normalize_answer(piece)
+    if norm.verdict is not None:
+        return False
+    try:
+        parse_number(norm.text, closed_form=True)
+    except (NotPlainNumber, ValueError, ArithmeticError):
+        return bool(_LETTER_RE.search(norm.text))
+    return False
+
+
 def _one_number_in_words(s: str) -> tuple[str | None, tuple[str, str] | None]:
     """"The largest n is 34" -> "34": the only number among words, with a scale or percent
     word right after it. Several pieces count as one number when they all have the same
@@ -290,6 +304,7 @@ def _one_number_in_words(s: str) -> tuple[str | None, tuple[str, str] | None]:
             pieces.append(_piece(piece, m.group() if m is not None else ""))
         if m is not None:
             last = m.end()
+    pieces = [p for p in pieces if not _is_variable_expression(p)]  # "the value of $x^2$ is 49"
     if not pieces:
         return None, None
     if len(pieces) > 1:
