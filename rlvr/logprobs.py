@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from rlvr.lora import inner_model
-from rlvr.models import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, never_sample_ids,
-                         select_images, shared_image_features)
+from rlvr.models import never_sample_ids
+from rlvr.multimodal import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, select_images,
+                             shared_image_features)
 
 # Rows per chunk for ``selective_logprobs``. The backward peak is the [V, H] fp32 weight
 # gradient plus one fp32 [rows, V] chunk (297 MiB at 512 rows, V = 151936); at 1024 rows
@@ -238,7 +239,7 @@ def _can_share_prompts(decoder, batch: dict) -> bool:
     if decoder.training and any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
         return False  # transformers drops the KV cache inside checkpointed layers
     # Every rank must take the same path, and a rank whose prompts have no image must not
-    # skip the vision tower while another runs it (see rlvr.models.sync_vision_tower_calls).
+    # skip the vision tower while another runs it (see rlvr.multimodal.sync_vision_tower_calls).
     return _world_min(batch.get("pixel_values") is not None, batch["input_ids"].device)
 
 

@@ -14,7 +14,7 @@ plus response tokens); rows are padded to the longest, hence the ``len * max``. 
 is what the vision tower sees: sum over the sample's images of t * h * w from
 ``image_grid_thw`` (before the spatial merge into placeholders). Samples of one prompt share
 its images, and the training forward encodes them once per micro-batch
-(``rlvr.models.shared_image_features``), so they are counted once.
+(``rlvr.multimodal.shared_image_features``), so they are counted once.
 
 The loss divides by minibatch-wide counts (``rlvr.update``), so how a minibatch is cut into
 micro-batches changes memory and speed, never the gradient (up to float summation order).

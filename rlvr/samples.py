@@ -106,7 +106,7 @@ def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Seque
 
     ``examples[i]`` is the ``rlvr.data.Example`` response i answers (one per response,
     prompt-major as ``rlvr.rollout.generate`` returns them), ``responses`` the
-    ``rlvr.rollout.Response``s (or None), ``texts`` the decoded completions, ``rewards`` the
+    ``rlvr.batch.Response``s (or None), ``texts`` the decoded completions, ``rewards`` the
     total rewards. The extracted answer and outcome come from the default verifier, run on
     the chosen few only.
     """

@@ -206,8 +206,6 @@ def test_two_processes_split_the_prompts_and_agree_with_one(qwen25_dir, val_file
     import subprocess
     import sys
 
-    from rlvr import rollout
-
     script = tmp_path / "multi.py"
     script.write_text(MULTI)
     out = tmp_path / "multi.json"
@@ -220,13 +218,13 @@ def test_two_processes_split_the_prompts_and_agree_with_one(qwen25_dir, val_file
     # 5 prompts over 2 ranks (3 + 2, one padded): every prompt once, in data order
     assert multi["ids"] == [f"val-{i}" for i in range(5) for _ in range(2)]
     assert multi["metrics"]["eval/num_prompts"] == 5
-    if hasattr(rollout, "mix_seed"):  # per-prompt sampling streams: the same numbers as one process
-        cfg, processor, examples, model = _setup(qwen25_dir, val_file, "rollout.max_new_tokens=8",
-                                                 "rollout.micro_batch_size=4")
-        single = Evaluator(cfg, processor, examples[:5], EvalConfig(k=2, seed=3)).run(model, 1)
-        for key, value in single.items():
-            if key != "time/eval_s":
-                assert multi["metrics"][key] == pytest.approx(value), key
+    # per-prompt sampling streams: the same numbers as one process
+    cfg, processor, examples, model = _setup(qwen25_dir, val_file, "rollout.max_new_tokens=8",
+                                             "rollout.micro_batch_size=4")
+    single = Evaluator(cfg, processor, examples[:5], EvalConfig(k=2, seed=3)).run(model, 1)
+    for key, value in single.items():
+        if key != "time/eval_s":
+            assert multi["metrics"][key] == pytest.approx(value), key
 
 
 # --------------------------------------------------------------------------- rlvr.score on a run's predictions

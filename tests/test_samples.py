@@ -8,12 +8,9 @@ import re
 import pytest
 import torch
 
+from rlvr.batch import Response
 from rlvr.data import Example
 from rlvr.rewards import parse_gold
-try:  # the rollout records are moving to rlvr.batch; rlvr.rollout held them before
-    from rlvr.batch import Response
-except ImportError:
-    from rlvr.rollout import Response
 from rlvr.samples import (
     FOLD_CHARS,
     SampleLogger,

@@ -104,7 +104,7 @@ def test_a_plain_forward_after_generation_is_unaffected(setup):
 
 def _training_forward(model, batch, shared: bool):
     """Log-probs and the gradients of every parameter (vision tower included) of one backward."""
-    from rlvr.models import decoder_and_head, forward_inputs, shared_image_features
+    from rlvr.multimodal import decoder_and_head, forward_inputs, shared_image_features
 
     model.zero_grad(set_to_none=True)
     decoder, head = decoder_and_head(model)
@@ -139,7 +139,7 @@ def test_training_forward_encodes_each_image_once_with_the_same_gradients(setup)
 @pytest.mark.parametrize("grad", [False, True])
 def test_response_logprobs_compute_each_prompt_once_with_the_same_results(setup, grad):
     from rlvr.logprobs import _can_share_prompts, response_logprobs
-    from rlvr.models import decoder_and_head
+    from rlvr.multimodal import decoder_and_head
 
     processor, model, prompts = setup
     pad = processor.tokenizer.pad_token_id

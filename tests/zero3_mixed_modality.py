@@ -4,7 +4,7 @@
         tests/zero3_mixed_modality.py MODEL_DIR [MODEL_DIR ...]
 
 Run by ``tests/test_families.py::test_zero3_mixed_modality_does_not_hang`` (not collected
-by pytest itself). Without ``rlvr.models.sync_vision_tower_calls`` rank 0 never calls the
+by pytest itself). Without ``rlvr.multimodal.sync_vision_tower_calls`` rank 0 never calls the
 vision tower, rank 1 waits in the tower's parameter all-gather, and the run hangs.
 Prints ``RANK <r> OK <model_type> <loss>`` per rank and model when every step finished;
 several models (one per family) share one launch, which saves the start-up of each.

@@ -12,7 +12,8 @@ import torch
 
 from rlvr.batch import PromptInputs, Response, collate_prompts
 from rlvr.config import RolloutConfig
-from rlvr.models import cache_kwarg, mrope_positions, never_sample_ids
+from rlvr.models import never_sample_ids
+from rlvr.multimodal import cache_kwarg, mrope_positions
 from rlvr.rollout.sampling import SeededSampling, mix_seed, sampling_config
 
 
