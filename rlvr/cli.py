@@ -155,9 +155,10 @@ def _train(cfg, log_file: str) -> int:
         return _user_error(str(e))
 
     from rlvr.distributed import is_collective_failure, shutdown_distributed
-    from rlvr.trainer import Trainer
 
     try:
+        from rlvr.trainer import Trainer  # torch, transformers, accelerate: a broken install fails here
+
         trainer = Trainer(cfg)
         metrics = trainer.train()
     except (ConfigError, DataError, ResumeError) as e:
