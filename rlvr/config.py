@@ -132,6 +132,9 @@ class AlgorithmConfig:
     clip_high: float | None = None  # upper ratio clip epsilon
     log_ratio_clamp: float = 20.0  # clamp on |log ratio| before exp, nats
     kl_coef: float = 0.0  # weight of the KL penalty to the reference model; 0 = no reference
+    # weight of the entropy bonus (loss -= coef * mean token entropy): keeps sampling answers the
+    # policy would otherwise stop trying; 0 = off (README, When learning stalls)
+    entropy_coef: float = 0.0
     scale_by_std: bool = True  # divide advantages by the group's reward std
     adv_eps: float = 1e-6  # added to the group std before dividing
 
@@ -755,6 +758,8 @@ def validate(cfg: Config, num_processes: int = 1) -> None:
     one_of("algorithm.loss", a.loss, LOSS_NAMES)
     check(a.aggregation is None or a.aggregation in AGGREGATIONS, f"algorithm.aggregation={a.aggregation!r} is not "
           f"supported; choose one of {', '.join(AGGREGATIONS)}, or null for the loss's own default.")
+    check(a.entropy_coef >= 0, f"algorithm.entropy_coef={a.entropy_coef} must be >= 0 (0 = no entropy bonus; "
+          "a negative one would push the policy to collapse). The demo uses 0.02.")
     for key, tau in (("algorithm.tau_pos", a.tau_pos), ("algorithm.tau_neg", a.tau_neg)):
         check(tau > 0, f"{key}={tau} must be > 0: SAPO's gate is sigmoid(tau * (ratio - 1)) * 4 / tau. Use e.g. 1.0.")
     check(t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be >= 1 (RL steps to run).")

@@ -31,6 +31,11 @@ Shared contract:
 * Optional KL penalty to a reference policy with Schulman's k3 estimator,
   ``k3 = exp(ref - logp) - (ref - logp) - 1`` (>= 0, unbiased for KL(pi_theta || pi_ref)),
   aggregated with the same mode and added as ``kl_coef * aggregate(k3)``.
+* Optional entropy bonus, ``- entropy_coef * aggregate(H_t)`` with H_t the entropy of the full
+  next-token distribution at each response token (``entropy``, given without a gradient). Its
+  gradient is the score-function estimate from the sampled tokens, with the exact H_t as the
+  baseline: ``grad H_t = -E_{o ~ pi}[(log pi(o) + H_t) grad log pi(o)]`` (on-policy: exact in
+  expectation when the samples come from pi_theta, as with one minibatch per rollout batch).
 * Metrics are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise syncs the
   device. Token means come with their token counts (``rlvr.aggregation.TOKEN_COUNT``); an
   empty selection (e.g. no positive-advantage token) reports 0 with count 0, never NaN.
@@ -68,7 +73,8 @@ __all__ = [
 
 # Keyword arguments every loss accepts; they belong to the call site, not to one algorithm.
 SHARED_KEYWORDS: frozenset[str] = frozenset(
-    {"aggregation", "norm_len", "global_tokens", "global_seqs", "ref_logprobs", "kl_coef", "entropy"}
+    {"aggregation", "norm_len", "global_tokens", "global_seqs", "ref_logprobs", "kl_coef", "entropy",
+     "entropy_coef"}
 )
 
 
@@ -120,7 +126,7 @@ class PolicyLoss:
                  aggregation: str | None = None, norm_len: float | None = None,
                  global_tokens: float | Tensor | None = None, global_seqs: float | Tensor | None = None,
                  ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, entropy: Tensor | None = None,
-                 **hyperparameters: float) -> tuple[Tensor, dict[str, Tensor]]:
+                 entropy_coef: float = 0.0, **hyperparameters: float) -> tuple[Tensor, dict[str, Tensor]]:
         foreign = sorted(set(hyperparameters) - set(self.hyperparameters))
         if foreign:
             raise TypeError(f"{self.name}() got unexpected keyword arguments {foreign}; its hyperparameters are "
@@ -129,14 +135,19 @@ class PolicyLoss:
         return policy_loss(self, inputs, {**self.hyperparameters, **hyperparameters},
                            aggregation=aggregation or self.aggregation, norm_len=norm_len,
                            global_tokens=global_tokens, global_seqs=global_seqs,
-                           ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy)
+                           ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy, entropy_coef=entropy_coef)
 
 
 def policy_loss(loss: PolicyLoss, inputs: LossInputs, hyperparameters: dict[str, float], *, aggregation: str,
                 norm_len: float | None, global_tokens: float | Tensor | None, global_seqs: float | Tensor | None,
-                ref_logprobs: Tensor | None, kl_coef: float,
-                entropy: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Term -> reduction -> KL penalty -> shared metrics (``ratio/mean``, ``ratio/max``, ``entropy``, ``kl``)."""
+                ref_logprobs: Tensor | None, kl_coef: float, entropy: Tensor | None,
+                entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Term (+ entropy bonus) -> reduction -> KL penalty -> shared metrics (``ratio/mean``, ``ratio/max``,
+    ``entropy``, ``kl``)."""
+    if entropy_coef < 0:
+        raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}.")
+    if entropy_coef > 0 and entropy is None:
+        raise ValueError(f"entropy_coef={entropy_coef} needs entropy (the [B, T] entropies at the response tokens).")
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}.")
     if kl_coef > 0 and ref_logprobs is None:
@@ -146,6 +157,11 @@ def policy_loss(loss: PolicyLoss, inputs: LossInputs, hyperparameters: dict[str,
         )
     per_token, ratio, metrics = loss.term(inputs, **hyperparameters)  # [B, T], [B, T]
     valid, logprobs = inputs.valid, inputs.logprobs
+    if entropy_coef > 0:
+        ent = torch.where(valid, entropy.detach(), torch.zeros_like(logprobs))  # [B, T]
+        sampled = logprobs.detach()  # [B, T]
+        # value -coef * H_t; gradient coef * (log pi + H_t) grad log pi, in expectation -coef * grad H_t
+        per_token = per_token - entropy_coef * ent + entropy_coef * (sampled + ent) * (logprobs - sampled)  # [B, T]
     agg = dict(mode=aggregation, norm_len=norm_len, global_tokens=global_tokens, global_seqs=global_seqs)
     total = aggregate(per_token, valid, **agg)
 

@@ -41,6 +41,7 @@ def loss_kwargs(cfg: Config) -> dict:
     if kwargs["aggregation"] == "seq-mean-token-sum-norm":
         kwargs["norm_len"] = cfg.rollout.max_new_tokens  # Dr.GRPO: a constant, the generation budget
     kwargs["kl_coef"] = a.kl_coef
+    kwargs["entropy_coef"] = a.entropy_coef
     return kwargs
 
 

@@ -503,3 +503,60 @@ def test_sapo_tau_is_exact_in_float64():
     expected = 1 / (1 + math.exp(-1.05 * 0.2)) * 4 / 1.05
     loss, _ = sapo(t([[0.0]]), t([[-math.log(1.2)]]), t([-1.0]), t([[1.0]]), tau_neg=1.05)
     assert abs(loss.item() - expected) < 1e-13  # a float32 tau (1.0499999523) is off by ~1e-8
+
+
+# --------------------------------------------------------------------------------------------
+# Entropy bonus (entropy_coef)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_entropy_bonus_value_and_gradient_by_hand(name):
+    # one sequence, two response tokens and a pad; A = 0, so only the bonus acts.
+    # value: -coef * mean_t H_t = -0.1 * (1.5 + 0.5) / 2 = -0.1
+    # d/d logp_t: coef * (logp_t + H_t) / n = 0.1 * (-1 + 1.5) / 2 = 0.025 and 0.1 * (-2 + 0.5) / 2 = -0.075
+    logprobs = torch.tensor([[-1.0, -2.0, float("nan")]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    entropy = torch.tensor([[1.5, 0.5, 100.0]])
+    kwargs = dict(aggregation="seq-mean-token-mean", entropy=entropy)
+    loss, metrics = POLICY_LOSSES[name](logprobs, logprobs.detach(), torch.zeros(1), mask, entropy_coef=0.1, **kwargs)
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.1, abs=1e-6)
+    assert logprobs.grad.tolist()[0][:2] == pytest.approx([0.025, -0.075], abs=1e-6)
+    assert logprobs.grad[0, 2].item() == 0.0
+    assert metrics["entropy"].item() == pytest.approx(1.0)
+    off, _ = POLICY_LOSSES[name](logprobs, logprobs.detach(), torch.zeros(1), mask, **kwargs)
+    assert off.item() == 0.0  # entropy_coef defaults to 0: no bonus
+
+
+def test_entropy_bonus_gradient_is_the_entropy_gradient_in_expectation():
+    # sampled tokens o ~ pi: sum_o pi(o) * grad(loss with token o) must equal -coef * grad H exactly
+    z = torch.tensor([1.0, 0.2, -0.5, 2.0], requires_grad=True)
+    logp = z.log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum()
+    (grad_h,) = torch.autograd.grad(entropy, z)
+    expected = torch.zeros(4)
+    for o in range(4):
+        lp = z.log_softmax(-1)[o].view(1, 1)
+        loss, _ = POLICY_LOSSES["sapo"](lp, lp.detach(), torch.zeros(1), torch.ones(1, 1, dtype=torch.bool),
+                                        entropy=entropy.detach().view(1, 1), entropy_coef=0.1)
+        (g,) = torch.autograd.grad(loss, z)
+        expected += logp[o].exp().detach() * g
+    assert expected.tolist() == pytest.approx((-0.1 * grad_h).tolist(), abs=1e-6)
+
+
+def test_entropy_bonus_needs_the_entropy_and_a_non_negative_coef():
+    lp, mask = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="entropy_coef=0.1 needs entropy"):
+        POLICY_LOSSES["sapo"](lp, lp, torch.zeros(1), mask, entropy_coef=0.1)
+    with pytest.raises(ValueError, match="entropy_coef must be >= 0"):
+        POLICY_LOSSES["sapo"](lp, lp, torch.zeros(1), mask, entropy=torch.ones(1, 2), entropy_coef=-0.1)
+
+
+def test_the_trainer_passes_algorithm_entropy_coef_to_the_loss():
+    from rlvr.config import load_config
+    from rlvr.update import loss_kwargs
+
+    cfg = load_config(None, ["algorithm.entropy_coef=0.05"])
+    assert loss_kwargs(cfg)["entropy_coef"] == 0.05
+    assert loss_kwargs(load_config(None, []))["entropy_coef"] == 0.0
