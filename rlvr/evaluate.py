@@ -31,30 +31,12 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
+from rlvr.config import EvalConfig
+from rlvr.trained_models import ModelNotFound, ModelSource, load_trained, resolve_model
+
 logger = logging.getLogger(__name__)
-
-
-try:  # the config tree's `eval` section, where rlvr.config has it
-    from rlvr.config import EvalConfig
-except ImportError:  # until it does: the same fields, so the trainer and the CLI agree
-
-    @dataclass
-    class EvalConfig:  # type: ignore[no-redef]
-        every_steps: int = 0  # evaluate on data.val_files every N RL steps; 0 = only at the end
-        k: int = 8  # sampled responses per prompt: pass@1 is their mean; pass@k and maj@k use all k
-        greedy: bool = True  # also decode one greedy response per prompt (eval/greedy)
-        max_prompts: int | None = None  # evaluate on the first N validation rows only; None = all
-        temperature: float | None = None  # sampling temperature; None = rollout.temperature
-        max_new_tokens: int | None = None  # response length cap, tokens; None = rollout.max_new_tokens
-        seed: int = 1234  # sampling seed, the same at every evaluation
-
-
-def eval_config(cfg) -> EvalConfig:
-    """``cfg.eval`` where the config tree has it, else the defaults above."""
-    return getattr(cfg, "eval", None) or EvalConfig()
 
 
 def _fork_rng(device):
@@ -75,7 +57,7 @@ class Evaluator:
     def __init__(self, cfg, processor, examples: Sequence[Any], settings: EvalConfig | None = None,
                  accelerator=None, out_dir: str | None = None):
         self.cfg = cfg
-        self.settings = settings or eval_config(cfg)
+        self.settings = settings or cfg.eval
         s = self.settings
         if s.k < 1:
             raise ValueError(f"eval.k={s.k} must be >= 1 (samples per prompt)")
@@ -239,147 +221,6 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-# --------------------------------------------------------------------------- finding a model
-
-
-class ModelNotFound(ValueError):
-    """--model does not point at something loadable; the message says what was found."""
-
-
-@dataclass
-class ModelSource:
-    weights_dir: str  # Hugging Face model folder or hub id to load with from_pretrained (the base model)
-    state_dict_file: str | None  # a checkpoint's model.safetensors to load over it
-    processor_dir: str  # folder (or hub id) holding the processor
-    run_config: str | None  # the run's config.yaml, when the model belongs to a run
-    label: str  # short name for output folders: "final", "step_000060", or the folder name
-    adapter_dir: str | None = None  # a peft LoRA adapter folder to merge into the base model
-
-
-def _is_hf_model(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def _is_adapter(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "adapter_config.json"))
-
-
-def _has_processor(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in
-               ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"))
-
-
-def _run_base_model(run_config: str | None) -> str | None:
-    import yaml
-
-    if not run_config:
-        return None
-    with open(run_config, encoding="utf-8") as f:
-        return ((yaml.safe_load(f) or {}).get("model") or {}).get("name_or_path") or None
-
-
-def resolve_model(path: str) -> ModelSource:
-    """Where to load a model from: a Hugging Face folder or hub id; a run folder (its ``final/``,
-    else its latest checkpoint); a checkpoint ``RUN/checkpoints/step_N`` (its weights over the
-    run's base model); or a LoRA adapter folder (merged into its base model)."""
-    if not os.path.exists(path):
-        if path.count("/") == 1 and not path.startswith((".", "/")):
-            return ModelSource(path, None, path, None, path.replace("/", "_"))  # a hub id
-        raise ModelNotFound(f"--model {path}: no such file or folder")
-    path = os.path.abspath(path)
-    label = os.path.basename(path.rstrip("/"))
-    if os.path.isfile(os.path.join(path, "config.yaml")) and not (_is_hf_model(path) or _is_adapter(path)):
-        final = os.path.join(path, "final")  # a run folder
-        if _is_hf_model(final) or _is_adapter(final):
-            return resolve_model(final)
-        from rlvr.checkpoint import latest_checkpoint
-
-        latest = latest_checkpoint(path)
-        if latest:
-            return resolve_model(latest)
-        raise ModelNotFound(f"--model {path} is a run folder without final/ or a complete checkpoint")
-    parent = os.path.dirname(path)
-    if _is_hf_model(path) or _is_adapter(path):
-        run_config = os.path.join(parent, "config.yaml")
-        run_config = run_config if os.path.isfile(run_config) else None
-        base, adapter = path, None
-        if _is_adapter(path) and not _is_hf_model(path):
-            with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-                base = json.load(f).get("base_model_name_or_path") or _run_base_model(run_config)
-            if not base:
-                raise ModelNotFound(f"{path} is a LoRA adapter that names no base model (base_model_name_or_path)")
-            adapter = path
-        processor_dir = path if _has_processor(path) else (_run_base_model(run_config) or base)
-        return ModelSource(base, None, processor_dir, run_config, label, adapter)
-    weights = os.path.join(path, "model.safetensors")
-    run_config = os.path.join(os.path.dirname(parent), "config.yaml")  # RUN/checkpoints/step_N -> RUN
-    if os.path.isfile(weights) and os.path.isfile(run_config):
-        base = _run_base_model(run_config)
-        if not base:
-            raise ModelNotFound(f"{run_config} names no model.name_or_path to load the checkpoint {path} into")
-        return ModelSource(base, weights, base, run_config, label)
-    if os.path.isdir(os.path.join(path, "pytorch_model")) or any(n.endswith(".pt") for n in os.listdir(path)):
-        raise ModelNotFound(
-            f"--model {path} looks like a DeepSpeed checkpoint (sharded optimizer states); consolidate it first "
-            "with the zero_to_fp32.py script DeepSpeed puts next to it, or evaluate the run's final/ model")
-    raise ModelNotFound(
-        f"--model {path}: not a Hugging Face model folder (no config.json), a LoRA adapter (adapter_config.json), "
-        "a run folder (config.yaml) or a checkpoint (model.safetensors inside RUN/checkpoints/step_N)")
-
-
-def _match_prefix(state: dict, model_keys: set[str]) -> dict:
-    """Strip the wrappers' name prefixes a checkpoint may carry (``module.``, rlvr's ``policy.``)."""
-    for _ in range(3):
-        if not state or any(k in model_keys for k in state):
-            return state
-        heads = {k.split(".", 1)[0] for k in state}
-        if len(heads) != 1 or not all("." in k for k in state):
-            return state
-        cut = len(heads.pop()) + 1
-        state = {k[cut:]: v for k, v in state.items()}
-    return state
-
-
-def load_for_eval(source: ModelSource, dtype: str, attn_implementation: str, device: str, lora=None):
-    """The model of ``source`` in eval mode on ``device``: adapters merged, checkpoint weights loaded.
-
-    ``lora``: the run's ``model.lora`` settings, needed for a checkpoint of a LoRA run.
-    """
-    from rlvr.models import load_model
-
-    model = load_model(source.weights_dir, dtype, attn_implementation)
-    if source.adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
-    if source.state_dict_file:
-        from safetensors.torch import load_file
-
-        state = load_file(source.state_dict_file)
-        is_lora = any(".lora_A." in k for k in state)
-        if is_lora:
-            if lora is None or not getattr(lora, "rank", 0):
-                raise ModelNotFound(f"{source.state_dict_file} holds LoRA adapters but the run's config has no "
-                                    "model.lora settings to rebuild them; evaluate the run's final/ adapter instead")
-            from rlvr.lora import apply_lora
-
-            model = apply_lora(model, lora)
-        params = dict(model.named_parameters(remove_duplicate=False))
-        state = _match_prefix(state, set(params))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # Tied weights (embedding and output head) are stored once; either name may be the one kept.
-        names_of: dict[int, set[str]] = {}
-        for name, p in params.items():
-            names_of.setdefault(p.data_ptr(), set()).add(name)
-        missing = [k for k in missing if not (k in params and names_of[params[k].data_ptr()] & state.keys())]
-        if missing or unexpected:
-            raise ModelNotFound(f"{source.state_dict_file} does not match the model in {source.weights_dir}: "
-                                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-        if is_lora:
-            model = model.merge_and_unload()
-    return model.to(device).eval()
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -477,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    settings = eval_config(cfg)
+    settings = cfg.eval
     settings = dataclasses.replace(
         settings, **{k: v for k, v in (("k", args.k), ("greedy", args.greedy), ("max_prompts", args.max_prompts),
                                       ("seed", args.seed)) if v is not None})
@@ -508,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, rel_tol=cfg.reward.rel_tol,
                                timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
     try:
-        model = load_for_eval(source, cfg.model.dtype, cfg.model.attn_implementation, device,
-                              getattr(cfg.model, "lora", None))
+        model = load_trained(source, cfg.model.dtype, cfg.model.attn_implementation, device,
+                              cfg.model.lora)
     except (ModelNotFound, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

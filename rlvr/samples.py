@@ -456,9 +456,9 @@ class SampleLogger:
 
     def __init__(self, cfg, wandb_run=None, enabled: bool = True):
         self.run_dir = cfg.output_dir
-        self.every = int(getattr(cfg.log, "samples_every", 50))
-        self.per_step = int(getattr(cfg.log, "samples_per_step", 4))
-        self.last_step = int(getattr(cfg.trainer, "max_steps", 0) or 0)
+        self.every = cfg.log.samples_every
+        self.per_step = cfg.log.samples_per_step
+        self.last_step = cfg.trainer.max_steps
         self.group_size = cfg.rollout.group_size
         self.answer_extraction = cfg.reward.answer_extraction
         self.wandb_run = wandb_run

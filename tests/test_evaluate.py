@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from rlvr.config import load_config, save_config
-from rlvr.evaluate import EvalConfig, Evaluator, load_for_eval, main, resolve_model
+from rlvr.config import EvalConfig
+from rlvr.evaluate import Evaluator, main
+from rlvr.trained_models import load_trained, resolve_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
@@ -135,7 +137,7 @@ def test_checkpoint_and_run_folders_resolve_and_load(qwen25_dir, tmp_path):
     source = resolve_model(str(run))  # a run without final/: its latest checkpoint
     assert source.state_dict_file == str(ckpt / "model.safetensors") and source.weights_dir == qwen25_dir
     assert source.run_config == str(run / "config.yaml") and source.label == "step_000003"
-    loaded = load_for_eval(source, "float32", "sdpa", "cpu")
+    loaded = load_trained(source, "float32", "sdpa", "cpu")
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -160,7 +162,7 @@ def test_lora_adapter_folder_is_merged_into_its_base(qwen25_dir, tmp_path):
     merged = peft_model.merge_and_unload()
     source = resolve_model(str(tmp_path / "adapter"))
     assert source.adapter_dir == str(tmp_path / "adapter") and source.weights_dir == qwen25_dir
-    loaded = load_for_eval(source, "float32", "sdpa", "cpu")
+    loaded = load_trained(source, "float32", "sdpa", "cpu")
     base = load_model(qwen25_dir, "float32")
     changed = 0
     for (name, a), b, c in zip(merged.state_dict().items(), loaded.state_dict().values(), base.state_dict().values()):
