@@ -257,7 +257,7 @@ def _default_out(source: ModelSource, data: list[str]) -> str:
 
 
 def _sample_page(out_dir: str, ev: Evaluator, n: int) -> str | None:
-    from rlvr.samples import SampleRow, render_page
+    from rlvr.sample_pages import SampleRow, render_page
 
     if n <= 0 or not ev.predictions:
         return None

@@ -11,15 +11,8 @@ import torch
 from rlvr.batch import Response
 from rlvr.data import Example
 from rlvr.rewards import parse_gold
-from rlvr.samples import (
-    FOLD_CHARS,
-    SampleLogger,
-    SampleRow,
-    log_samples_wandb,
-    pick_rollouts,
-    rollout_rows,
-    write_sample_page,
-)
+from rlvr.sample_pages import FOLD_CHARS, SampleRow, write_sample_page
+from rlvr.samples import SampleLogger, log_samples_wandb, pick_rollouts, rollout_rows
 from tests.conftest import save_image
 
 EVIL = 'The answer is \\boxed{7}</pre><script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
@@ -235,7 +228,7 @@ def test_training_run_pages_match_its_metrics(qwen25_dir, tmp_path):
     import subprocess
     import sys
 
-    from rlvr.samples import read_page_summary
+    from rlvr.sample_pages import read_page_summary
     from rlvr.tools.make_demo_data import main as make_data
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,7 @@ import warnings
 import pytest
 from PIL import Image, ImageStat
 
-from rlvr.samples import write_sample_page
+from rlvr.sample_pages import write_sample_page
 from tests.browser.webdriver import Browser, find_browser
 from tests.test_samples import make_rows
 
