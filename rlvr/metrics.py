@@ -53,8 +53,9 @@ def vote_key(extracted: str | None) -> Hashable | None:
     (so ``3``, ``3.0`` and ``6/2`` agree), else its normalised text; None for no answer."""
     if extracted is None:
         return None
+    from rlvr.rewards.expression import parse_plain_number
     from rlvr.rewards.normalize import normalize_answer
-    from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, parse_plain_number
+    from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber
 
     try:
         answer = normalize_answer(extracted)

@@ -6,6 +6,7 @@ from fractions import Fraction
 import pytest
 
 from rlvr.rewards import VerifyResult, extract_answer, outcome_metrics
+from rlvr.rewards.expression import parse_number, parse_plain_number, value_too_large
 from rlvr.rewards.normalize import normalize_answer
 from rlvr.rewards.numbers import (
     MAX_BITS,
@@ -14,9 +15,6 @@ from rlvr.rewards.numbers import (
     Num,
     gold_candidates,
     numbers_equal,
-    parse_number,
-    parse_plain_number,
-    value_too_large,
 )
 
 

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlvr.rewards import OUTCOMES, Verifier, extract_answer
+from rlvr.rewards.expression import parse_plain_number
 from rlvr.rewards.normalize import normalize_answer
-from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, parse_plain_number
+from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber
 
 TIMEOUT = 2.0
 FRAGMENTS = [

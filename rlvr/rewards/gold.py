@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from rlvr.rewards.expression import parse_number
 from rlvr.rewards.extract import count_nonempty_boxes, extract_boxed, extract_statement
 from rlvr.rewards.normalize import clean_latex, has_stray_words, normalize_answer, prepare_text
-from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, Num, parse_number
+from rlvr.rewards.numbers import AnswerRejected, NotPlainNumber, Num
 
 _SOLUTION_CHARS = 300  # a longer gold with words is a solution text, not an answer
 _MAX_GOLD_CHARS = 2000  # no valid number is longer (literals have at most 1000 digits)

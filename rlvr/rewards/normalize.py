@@ -13,7 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from rlvr.rewards.numbers import NotPlainNumber, parse_number
+from rlvr.rewards.expression import parse_number
+from rlvr.rewards.numbers import NotPlainNumber
 
 # Characters that mean the same thing as ASCII ones in a number.
 _TRANSLATE = str.maketrans(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
+from rlvr.rewards.expression import parse_number, value_too_large
 from rlvr.rewards.extract import EXTRACTION_POLICIES, extract_answer
 from rlvr.rewards.gold import Gold, GoldParseError, parse_gold
 from rlvr.rewards.normalize import NormalizedAnswer, has_stray_words, normalize_answer
@@ -37,8 +38,6 @@ from rlvr.rewards.numbers import (
     Num,
     gold_candidates,
     numbers_equal,
-    parse_number,
-    value_too_large,
 )
 from rlvr.rewards.pool import Job, WorkerPool
 
