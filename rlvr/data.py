@@ -69,7 +69,7 @@ class Example:
 
 @dataclass
 class SkipReport:
-    """Counts of skipped rows by reason, with the first few messages."""
+    """Counts of skipped rows by reason, with the first message of each of the first few reasons."""
 
     total_rows: int = 0
     reasons: Counter = field(default_factory=Counter)
@@ -78,7 +78,7 @@ class SkipReport:
 
     def add(self, reason: str, message: str) -> None:
         self.reasons[reason] += 1
-        if len(self.first) < self.keep_first:
+        if len(self.first) < self.keep_first and self.reasons[reason] == 1:  # one example per reason
             self.first.append(message)
 
     @property

@@ -160,19 +160,25 @@ def test_a_byte_order_mark_is_not_a_bad_row(tmp_path, processor):
 
 
 def test_skip_messages_name_what_to_change(tmp_path, processor):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": "p", "problem": "What is 2+2?", "answer": "4", "images": []},
-        {"id": "e", "question": "", "answer": "4"},
-        {"id": "g", "question": "Q?", "answer": "seven"},
-        '{"id": "j", "question": "unterminated',
-        "[1, 2]",
-        {"id": "ok", "question": "Q?", "answer": "1"},
-    ])
-    _, report = load_examples([path], DataConfig(), processor)
-    by_id = dict(zip("pegjl", report.first))
-    assert by_id["p"].endswith(": no column 'question' (data.question_key); the row has ['id', 'problem', 'answer', "
-                               "'images']; if the question is in 'problem', set data.question_key=problem")
-    assert by_id["e"].endswith(": column 'question' (data.question_key) is empty")
-    assert by_id["g"].count("'seven'") == 1 and "not a single number" in by_id["g"]  # said once, not twice
-    assert by_id["j"].endswith("invalid JSON (Unterminated string starting at column 25)")  # not "at at"
-    assert by_id["l"].endswith("line is a JSON list, not an object")
+    def message(row) -> str:
+        path = write_jsonl(tmp_path / "d.jsonl", [row, {"id": "ok", "question": "Q?", "answer": "1"}])
+        (first,) = load_examples([path], DataConfig(), processor)[1].first
+        return first
+
+    assert message({"id": "p", "problem": "What is 2+2?", "answer": "4", "images": []}).endswith(
+        ": no column 'question' (data.question_key); the row has ['id', 'problem', 'answer', 'images']; if the "
+        "question is in 'problem', set data.question_key=problem")
+    assert message({"id": "e", "question": "", "answer": "4"}).endswith(": column 'question' (data.question_key) is empty")
+    gold = message({"id": "g", "question": "Q?", "answer": "seven"})
+    assert gold.count("'seven'") == 1 and "not a single number" in gold  # said once, not twice
+    assert message('{"id": "j", "question": "unterminated').endswith(
+        "invalid JSON (Unterminated string starting at column 25)")  # not "at at column"
+    assert message("[1, 2]").endswith("line is a JSON list, not an object")
+
+
+def test_the_skip_summary_gives_one_example_per_reason(tmp_path, processor):
+    rows = [{"id": f"p{i}", "problem": "Q?", "answer": "1"} for i in range(4)] + ["{bad", "{worse"]
+    _, report = load_examples([write_jsonl(tmp_path / "d.jsonl", rows + [{"question": "Q?", "answer": "1"}])],
+                              DataConfig(), processor)
+    assert dict(report.reasons) == {"empty_question": 4, "bad_json": 2}
+    assert [m.split(": ", 1)[0].rsplit(":", 1)[1] for m in report.first] == ["1 (id p0)", "5"]

@@ -138,7 +138,7 @@ def bad_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["missing_data", "strict_bad_row", "wrong_question_key", "missing_recipe",
-                                  "missing_model", "bad_override"])
+                                  "missing_model", "bad_override", "used_output_dir", "bad_resume_path"])
 def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files, tmp_path, case):
     out_dir = tmp_path / "run"
     cases = {
@@ -154,10 +154,17 @@ def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files
         "missing_model": ([f"model.name_or_path={tmp_path / 'no-model'}"],
                           f"FAIL  model.name_or_path={tmp_path / 'no-model'}:"),  # "no such folder" on the next line
         "bad_override": (["trainer.lr"], "config error: Unrecognised command-line argument 'trainer.lr'"),
+        "used_output_dir": ([], f"error: output_dir {out_dir} already holds a run (metrics.jsonl or checkpoints). "
+                                "Continue it with resume=auto, or choose a new output_dir.\n"),
+        "bad_resume_path": ([f"resume={tmp_path / 'ckpt'}"], f"error: resume={tmp_path / 'ckpt'} is not a complete "
+                                                              "checkpoint"),
     }
+    if case == "used_output_dir":
+        out_dir.mkdir()
+        (out_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     extra, message = cases[case]
     args = _small(qwen25_dir, tiny_data, out_dir, "checkpoint.save_final_model=false")
-    if extra[0] == "--config":
+    if extra and extra[0] == "--config":
         args = extra + args[2:]
     else:
         args += extra
