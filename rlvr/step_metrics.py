@@ -41,6 +41,11 @@ class StepMetrics:
         self._token_sums[key] = self._token_sums.get(key, 0) + total
         self._token_counts[key] = self._token_counts.get(key, 0) + count
 
+    def add_token_sum(self, key: str, total, count) -> None:
+        """A token mean given as its sum over ``count`` tokens."""
+        self._token_sums[key] = self._token_sums.get(key, 0) + self._tensor(total)
+        self._token_counts[key] = self._token_counts.get(key, 0) + self._tensor(count)
+
     def add_max(self, key: str, value) -> None:
         value = self._tensor(value)
         self._maxes[key] = torch.maximum(self._maxes[key], value) if key in self._maxes else value

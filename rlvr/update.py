@@ -21,6 +21,8 @@ on the largest, and each minibatch sets accelerate's accumulation steps to its o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from rlvr.batch import PromptInputs, Response, collate_sequences
@@ -170,7 +172,7 @@ class PolicyUpdate:
         log-probs) are stored by sample index, so any grouping into micro-batches gives them back
         in the original order.
         """
-        cfg, acc = self.cfg.trainer, self.accelerator
+        cfg = self.cfg.trainer
         n = len(responses)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)).tolist()
         mb_size = n // cfg.num_minibatches
@@ -181,44 +183,77 @@ class PolicyUpdate:
         self.model.train()
         old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
         ref = self._reference(prompts, responses, all_micro)
-
-        stats = StepMetrics(acc.device)
+        stats = StepMetrics(self.accelerator.device)
         for mb, micro in zip(minibatches, micro_per_mb):
-            seqs = self._global(len(mb))
-            tokens = self._global(sum(len(responses[i].token_ids) for i in mb))
-            # sync_gradients turns true on exactly the last micro-batch of this minibatch.
-            acc.gradient_accumulation_steps = len(micro)
-            acc.step = 0
-            for idx in micro:
-                with acc.accumulate(self.model):
-                    batch = self._batch(prompts, responses, idx)
-                    mask = batch["response_mask"]  # [b, R]
-                    logprobs, entropy = self._logprobs(self.model, batch, with_entropy=True)  # [b, R]
-                    width = mask.shape[1]
-                    old_lp = logprobs.detach() if old is None else _pad([old[i] for i in idx], width).to(mask.device)
-                    ref_lp = None if ref is None else _pad([ref[i] for i in idx], width).to(mask.device)
-                    rollout_lp = _pad([responses[i].logprobs for i in idx], width).to(mask.device)
-                    diff = (old_lp.float() - rollout_lp).abs()[mask.bool()]  # [tokens]
-                    stats.add_token_mean("rollout/logprob_diff_mean", diff.mean() if len(diff) else 0.0, len(diff))
-                    stats.add_token_mean("rollout/logprob_diff_frac_1e-3", (diff > 1e-3).double().mean()
-                                         if len(diff) else 0.0, len(diff))
-                    if len(diff):
-                        stats.add_max("rollout/logprob_diff_max", diff.max())
-                    loss, metrics = self.loss_fn(
-                        logprobs.float(), old_lp.float(), advantages[idx].to(mask.device), mask,
-                        ref_logprobs=ref_lp, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
-                        **self.loss_kwargs,
-                    )
-                    self._backward(loss)
-                    stats.add("loss", loss / len(minibatches))  # micro losses sum to the minibatch loss
-                    stats.add_loss_metrics(metrics, PARTIAL_SUM_METRICS, 1 / len(minibatches))
-                    if acc.sync_gradients:
-                        self._fill_missing_grads()
-                        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                        stats.add("grad_norm", grad_norm / len(minibatches))
-                        stats.set("lr", self.scheduler.get_last_lr()[0])
-                    self.optimizer.step()
-                    if acc.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-        return {**stats.result(acc.num_processes), **packing_metrics}
+            samples = _Samples(prompts, responses, advantages, old, ref)
+            self._minibatch_step(mb, micro, samples, stats, share=1 / len(minibatches))
+        return {**stats.result(self.accelerator.num_processes), **packing_metrics}
+
+    def _minibatch_step(self, minibatch: list[int], micro: list[list[int]], samples: "_Samples",
+                        stats: StepMetrics, share: float) -> None:
+        """One optimizer step: the loss of ``minibatch`` accumulated over its micro-batches ``micro``."""
+        acc = self.accelerator
+        seqs = self._global(len(minibatch))
+        tokens = self._global(sum(len(samples.responses[i].token_ids) for i in minibatch))
+        _count_micro_batches(acc, len(micro))
+        for idx in micro:
+            with acc.accumulate(self.model):
+                loss = self._micro_batch_loss(idx, samples, seqs, tokens, stats, share)
+                self._backward(loss)
+                if acc.sync_gradients:  # the minibatch's last micro-batch
+                    self._optimizer_step(stats, share)
+
+    def _micro_batch_loss(self, idx: list[int], samples: "_Samples", seqs: float, tokens: float,
+                          stats: StepMetrics, share: float) -> torch.Tensor:
+        """Forward and loss of one micro-batch (already divided by the minibatch-wide counts), with its metrics."""
+        batch = self._batch(samples.prompts, samples.responses, idx)
+        mask = batch["response_mask"]  # [b, R]
+        logprobs, entropy = self._logprobs(self.model, batch, with_entropy=True)  # [b, R]
+        width, device = mask.shape[1], mask.device
+        old = logprobs.detach() if samples.old is None else _pad([samples.old[i] for i in idx], width).to(device)
+        ref = None if samples.ref is None else _pad([samples.ref[i] for i in idx], width).to(device)
+        # How far the sampler's recorded log-probs are from the old policy's (rlvr.rollout.sampling).
+        recorded = _pad([samples.responses[i].logprobs for i in idx], width).to(device)  # [b, R]
+        diff = (old.float() - recorded).abs() * mask  # [b, R]
+        stats.add_token_sum("rollout/logprob_diff_mean", diff.sum(), mask.sum())
+        stats.add_token_sum("rollout/logprob_diff_frac_1e-3", ((diff > 1e-3) & mask.bool()).sum(), mask.sum())
+        stats.add_max("rollout/logprob_diff_max", diff.max())
+        loss, metrics = self.loss_fn(
+            logprobs.float(), old.float(), samples.advantages[idx].to(device), mask,
+            ref_logprobs=ref, entropy=entropy, global_seqs=seqs, global_tokens=tokens, **self.loss_kwargs,
+        )
+        stats.add("loss", loss * share)  # micro losses sum to the minibatch loss
+        stats.add_loss_metrics(metrics, PARTIAL_SUM_METRICS, share)
+        return loss
+
+    def _optimizer_step(self, stats: StepMetrics, share: float) -> None:
+        self._fill_missing_grads()
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
+        stats.add("grad_norm", grad_norm * share)
+        stats.set("lr", self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class _Samples:
+    """A rollout batch as the update reads it, by sample index."""
+
+    prompts: list[PromptInputs]
+    responses: list[Response]
+    advantages: torch.Tensor  # [N]
+    old: list[torch.Tensor] | None  # old-policy log-probs per sample (several minibatches), else None
+    ref: list[torch.Tensor] | None  # reference log-probs per sample (KL penalty), else None
+
+
+def _count_micro_batches(accelerator, count: int) -> None:
+    """Make accelerate's ``sync_gradients`` turn true on exactly the ``count``-th micro-batch from now.
+
+    accelerate counts micro-batches in ``accelerator.step`` across the whole run and syncs
+    when it reaches a multiple of ``gradient_accumulation_steps``. Under a token budget the
+    count differs between minibatches, so each minibatch restarts that count (DDP's
+    all-reduce and DeepSpeed's accumulation boundary both follow ``sync_gradients``).
+    """
+    accelerator.gradient_accumulation_steps = count
+    accelerator.step = 0
