@@ -11,7 +11,7 @@ MIN_VENV := .venv-min
 MIN_LOCK := requirements/lock-min.txt
 MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(MIN_LOCK) | cksum | cut -d' ' -f1)
 MIN_TESTS := tests/test_families.py tests/test_logprobs.py tests/test_logprobs_chunked.py \
-	tests/test_shared_prefill.py tests/test_distributed_sampling.py tests/test_generation_precision.py
+	tests/test_shared_prefill.py tests/test_rollout_sampling.py tests/test_generation_precision.py
 DEMO_ASSETS := runs/demo-assets
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 

@@ -26,7 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH = "torch==2.13.0"
 MIN_TESTS = ["tests/test_families.py", "tests/test_logprobs.py", "tests/test_logprobs_chunked.py",
-             "tests/test_shared_prefill.py", "tests/test_distributed_sampling.py", "tests/test_generation_precision.py"]
+             "tests/test_shared_prefill.py", "tests/test_rollout_sampling.py", "tests/test_generation_precision.py"]
 
 
 def requirements() -> list[str]:
