@@ -144,17 +144,25 @@ def read_rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, dict]]:
         return
     import datasets
 
-    if fmt == "disk":
-        ds = datasets.load_from_disk(path)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    elif fmt == "parquet":
-        ds = datasets.load_dataset("parquet", data_files=path, split="train")
-    elif fmt == "hub":
-        name, _, split = path.partition(":")
-        ds = datasets.load_dataset(name, split=split or "train")
-    else:
+    # datasets logs through its own stderr handler and also propagates: keep only the propagated
+    # copy, which the entry points route (rlvr.cli: console filter and train.log)
+    logging.getLogger("datasets").handlers.clear()
+    if fmt not in ("disk", "parquet", "hub"):
         raise DataError(f"unknown data.format {fmt!r}")
+    try:
+        if fmt == "disk":
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        elif fmt == "parquet":
+            ds = datasets.load_dataset("parquet", data_files=path, split="train")
+        else:
+            name, _, split = path.partition(":")
+            ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - datasets/pyarrow raise many types for an unreadable source
+        what = {"disk": "a save_to_disk folder", "parquet": "a parquet file", "hub": "a hub dataset"}[fmt]
+        raise DataError(f"{path}: cannot read it as {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "check the path, or set data.format") from None
     for i, row in enumerate(ds):
         yield f"{path}[{i}]", dict(row)
 
@@ -328,6 +336,8 @@ def load_examples(paths: list[str], cfg: DataConfig, processor) -> tuple[list[Ex
                 example.id = f"{example.id}#{report.total_rows}"
             seen_ids.add(example.id)
             examples.append(example)
+    if report.total_rows == 0:
+        raise DataError(f"no rows in {', '.join(paths)}: the data is empty (blank lines do not count)")
     if report.skipped and examples:  # with none left, the error below says it once
         logger.warning("data %s: %s", ",".join(paths), report.summary())
     if not examples:

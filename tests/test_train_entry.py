@@ -134,11 +134,14 @@ def bad_files(tmp_path_factory):
                                              + "\n" for i in range(3)))
     (d / "latin1.jsonl").write_bytes((good + "\n").encode() + '{"id": "l", "question": "Qu\xe9?", "answer": "2"}\n'
                                      .encode("latin-1") + (good.replace('"ok"', '"ok2"') + "\n").encode())
+    (d / "empty.jsonl").write_text("\n\n")
+    (d / "rows.parquet").write_text(good + "\n")  # JSONL under a parquet name
     return d
 
 
 @pytest.mark.parametrize("case", ["missing_data", "strict_bad_row", "wrong_question_key", "missing_recipe",
-                                  "missing_model", "bad_override", "used_output_dir", "bad_resume_path"])
+                                  "missing_model", "bad_override", "used_output_dir", "bad_resume_path",
+                                  "empty_data", "folder_as_data", "not_parquet"])
 def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files, tmp_path, case):
     out_dir = tmp_path / "run"
     cases = {
@@ -159,6 +162,14 @@ def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files
         "bad_resume_path": ([f"resume={tmp_path / 'ckpt'}"], f"error: resume={tmp_path / 'ckpt'} is not a complete "
                                                               "checkpoint"),
     }
+    cases.update({
+        "empty_data": ([f"data.train_files={bad_files}/empty.jsonl"],
+                       f"error: no rows in {bad_files}/empty.jsonl: the data is empty (blank lines do not count)\n"),
+        "folder_as_data": ([f"data.train_files={bad_files}"],
+                           f"error: {bad_files}: cannot read it as a save_to_disk folder (FileNotFoundError: "),
+        "not_parquet": ([f"data.train_files={bad_files}/rows.parquet"],
+                        f"error: {bad_files}/rows.parquet: cannot read it as a parquet file (ArrowInvalid: "),
+    })
     if case == "used_output_dir":
         out_dir.mkdir()
         (out_dir / "metrics.jsonl").write_text('{"step": 1}\n')
