@@ -37,9 +37,12 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    # Heavy imports only after --help, so it answers at once.
-    from rlvr.cli import run_training
-
+    try:
+        # Heavy imports only after --help, so it answers at once.
+        from rlvr.cli import run_training
+    except KeyboardInterrupt:  # Ctrl-C while Python imports torch & co.: nothing has started yet
+        print("\ninterrupted while starting; nothing to checkpoint", file=sys.stderr)
+        return 130
     return run_training(argv)
 
 
