@@ -162,18 +162,40 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+# Every reduction over ranks goes through these: each is one collective on every rank, and
+# a no-op in a single process (no process group needed).
+
+
+def world_size() -> int:
+    """Processes in the default process group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def reduce_over_ranks(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced element-wise over ranks (``op``: sum, max or min), in place, on every rank."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return tensor
+
+
 def max_over_ranks(accelerator, value: int | list[int]) -> int | list[int]:
-    """The largest ``value`` of any rank (element-wise for a list), on every rank (one collective)."""
-    if accelerator.num_processes == 1:
-        return value
+    """The largest ``value`` of any rank (element-wise for a list), on every rank."""
     values = value if isinstance(value, list) else [value]
-    t = torch.tensor(values, dtype=torch.long, device=accelerator.device)
-    out = accelerator.reduce(t, reduction="max").tolist()
+    out = reduce_over_ranks(torch.tensor(values, dtype=torch.long, device=accelerator.device), "max").tolist()
     return out if isinstance(value, list) else out[0]
 
 
+def all_ranks_agree(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    return bool(reduce_over_ranks(torch.tensor(int(flag), device=device), "min").item())
+
+
 def gather_objects(accelerator, obj) -> list:
-    """``obj`` from every rank, in rank order, on every rank (a collective)."""
+    """``obj`` from every rank, in rank order, on every rank."""
     if accelerator.num_processes == 1:
         return [obj]
     out: list = [None] * accelerator.num_processes

@@ -173,11 +173,9 @@ class Evaluator:
         finally:
             policy.train(was_training)
         if acc is not None and acc.num_processes > 1:
-            import torch.distributed as dist
+            from rlvr.distributed import gather_objects
 
-            parts: list = [None] * acc.num_processes
-            dist.all_gather_object(parts, local)  # every rank gets every rank's prompts
-            local = [item for part in parts for item in part]
+            local = [item for part in gather_objects(acc, local) for item in part]  # every rank's prompts
         local = sorted({index: item for index, *item in local}.items())  # one per example, in data order
         records = [PromptRecord(**record) for _, (record, _, _) in local]
         self.predictions = [row for _, (_, rows, _) in local for row in rows]

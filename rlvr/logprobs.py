@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from rlvr.distributed import all_ranks_agree
 from rlvr.lora import inner_model
 from rlvr.models import never_sample_ids
 from rlvr.multimodal import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, select_images,
@@ -219,16 +220,6 @@ def _checkpointed_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets:
     return torch.cat(chosen, dim=1), torch.cat(entropies, dim=1)  # [B, R], [B, R]
 
 
-def _world_min(flag: bool, device) -> bool:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor(int(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
 def _can_share_prompts(decoder, batch: dict) -> bool:
     """Whether ``_shared_prompt_hidden`` applies: see its docstring for the conditions."""
     if batch.get("prompt_group") is None:
@@ -240,7 +231,7 @@ def _can_share_prompts(decoder, batch: dict) -> bool:
         return False  # transformers drops the KV cache inside checkpointed layers
     # Every rank must take the same path, and a rank whose prompts have no image must not
     # skip the vision tower while another runs it (see rlvr.multimodal.sync_vision_tower_calls).
-    return _world_min(batch.get("pixel_values") is not None, batch["input_ids"].device)
+    return all_ranks_agree(batch.get("pixel_values") is not None, batch["input_ids"].device)
 
 
 def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:

@@ -15,6 +15,8 @@ import contextlib
 
 import torch
 
+from rlvr.distributed import world_size
+
 
 def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The part of the model that yields final hidden states, and the output projection.
@@ -98,12 +100,6 @@ def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: batch[k] for k in keys if batch.get(k) is not None}
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def dummy_vision_inputs(config, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The smallest image the vision tower accepts: one merged patch, all zeros.
 
@@ -153,7 +149,7 @@ class _VisionTowerSync:
         encoded = kwargs.get("mm_encoder_outputs") or {}  # generate passes {} for text-only prompts
         has_images = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos")) or any(
             v is not None for v in encoded.values())
-        return _world_size() > 1 and not has_images
+        return world_size() > 1 and not has_images
 
     def before_model(self, module, args, kwargs):
         """Generation prefill: run the tower where ``generate`` runs it on a rank with images."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from rlvr.aggregation import TOKEN_COUNT
+from rlvr.distributed import reduce_over_ranks
 
 
 class StepMetrics:
@@ -84,11 +85,9 @@ class StepMetrics:
                           stack(self._per_rank, rank_keys)])  # [2K + P]
         maxes = stack(self._maxes, max_keys)  # [M]
         if world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            reduce_over_ranks(sums, "sum")
             if len(maxes):
-                dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+                reduce_over_ranks(maxes, "max")
         sums, maxes = sums.tolist(), maxes.tolist()
         k = len(token_keys)
         out = {key: sums[i] / sums[k + i] for i, key in enumerate(token_keys) if sums[k + i] > 0}

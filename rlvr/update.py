@@ -27,7 +27,7 @@ import torch
 
 from rlvr.batch import PromptInputs, Response, collate_sequences
 from rlvr.config import Config
-from rlvr.distributed import is_deepspeed, max_over_ranks
+from rlvr.distributed import is_deepspeed, max_over_ranks, reduce_over_ranks, world_size
 from rlvr.logprobs import response_logprobs
 from rlvr.lora import reference_context
 from rlvr.losses import POLICY_LOSSES, default_aggregation, loss_hyperparameters
@@ -108,7 +108,7 @@ class PolicyUpdate:
         a single process must do the same, or a text-only batch would update the vision
         tower differently with one process than with several.
         """
-        if self.accelerator.state.deepspeed_plugin is not None:
+        if is_deepspeed(self.accelerator):
             return  # DeepSpeed keeps its own flat gradient buffers
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -117,8 +117,8 @@ class PolicyUpdate:
 
     def _global(self, local: float) -> float:
         """Global count / world size: the divisor that makes rank-averaged gradients exact."""
-        t = torch.tensor(float(local), device=self.accelerator.device)
-        return (self.accelerator.reduce(t, reduction="sum") / self.accelerator.num_processes).item()
+        t = torch.tensor(float(local), dtype=torch.float64, device=self.accelerator.device)
+        return reduce_over_ranks(t, "sum").item() / world_size()
 
     def _micro_batches(self, prompts: list[PromptInputs], responses: list[Response],
                        minibatches: list[list[int]]) -> tuple[list[list[list[int]]], dict[str, float]]:

@@ -131,7 +131,7 @@ def test_text_only_batch_runs_vision_tower_in_multi_process_runs(family, monkeyp
     calls = _count_calls(vision_tower(model))
     alone, _ = response_logprobs(model, batch)
     assert calls[0] == 0  # one process: untouched
-    monkeypatch.setattr(rlvr.multimodal, "_world_size", lambda: 2)
+    monkeypatch.setattr(rlvr.multimodal, "world_size", lambda: 2)
     synced, _ = response_logprobs(model, batch)
     assert calls[0] == 1
     mask = batch["response_mask"].bool()
@@ -147,7 +147,7 @@ def test_text_only_batch_runs_vision_tower_in_multi_process_runs(family, monkeyp
     stop, pad = stop_token_ids(processor, model), processor.tokenizer.pad_token_id
     synced_tokens = [r.token_ids for r in generate(model, prompts, rollout, stop, pad, greedy=True)]
     assert calls[0] == 2
-    monkeypatch.setattr(rlvr.multimodal, "_world_size", lambda: 1)
+    monkeypatch.setattr(rlvr.multimodal, "world_size", lambda: 1)
     alone_tokens = [r.token_ids for r in generate(model, prompts, rollout, stop, pad, greedy=True)]
     assert calls[0] == 2
     assert all(torch.equal(a, b) for a, b in zip(alone_tokens, synced_tokens))
