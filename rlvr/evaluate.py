@@ -34,6 +34,7 @@ import time
 from typing import Any, Sequence
 
 from rlvr.config import EvalConfig
+from rlvr.files import write_jsonl
 from rlvr.trained_models import ModelNotFound, ModelSource, load_trained, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -197,9 +198,9 @@ class Evaluator:
         """
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         scoring = {"answer_extraction": self.cfg.reward.answer_extraction, "rel_tol": self.cfg.reward.rel_tol}
-        _write_jsonl(path, [{**row, **scoring} for row in self.predictions])
+        write_jsonl(path, [{**row, **scoring} for row in self.predictions])
         if greedy_path and self.greedy_predictions:
-            _write_jsonl(greedy_path, [{**row, **scoring} for row in self.greedy_predictions])
+            write_jsonl(greedy_path, [{**row, **scoring} for row in self.greedy_predictions])
 
 
 def _prediction(example, sample, response, text: str, result) -> dict:
@@ -209,14 +210,6 @@ def _prediction(example, sample, response, text: str, result) -> dict:
         "completion": text, "answer": example.answer, "extracted": result.extracted, "reward": result.reward,
         "outcome": result.outcome, "response_tokens": len(response.token_ids), "finished": response.finished,
     }
-
-
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")  # ASCII escapes: any completion survives the round trip
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- command line

@@ -18,7 +18,6 @@ no answer do not vote; a prompt where nobody answered scores 0.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -154,18 +153,14 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+    from rlvr.files import iter_jsonl
+
+    rows, parsed = [], list(iter_jsonl(path))
+    for i, (number, row, bad) in enumerate(parsed):
+        if bad:
+            if i == len(parsed) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+            raise ValueError(f"{path}:{number}: {bad}")
         for key, value in row.items():
             if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf"):
                 row[key] = float(value)

@@ -24,6 +24,7 @@ import os
 import sys
 from typing import Sequence
 
+from rlvr.files import atomic_path
 from rlvr.plot_panels import PANELS, Panel, Run, Series, load_runs
 
 logger = logging.getLogger(__name__)
@@ -236,9 +237,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, pil_kwargs={"compress_level": 3})  # zlib level 3: ~3x faster than 6, a little larger
-    os.replace(tmp, path)  # an open viewer never sees half a file
+    with atomic_path(path, suffix=".png") as tmp:  # an open viewer never sees half a file
+        fig.savefig(tmp, pil_kwargs={"compress_level": 3})  # zlib level 3: ~3x faster than 6, a little larger
 
 
 def plot_runs(run_dirs: Sequence[str], out_dir: str, only: Sequence[str] | None = None) -> list[str]:

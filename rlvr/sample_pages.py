@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from rlvr.files import atomic_write  # a browser refreshing a page never sees half of it
+
 THUMB_PIXELS = 448  # long side of embedded images, pixels
 FOLD_CHARS = 1200  # completions longer than this (or FOLD_LINES lines) are folded
 FOLD_LINES = 24
@@ -194,13 +196,6 @@ _NAV_START, _NAV_END = "<!--nav-->", "<!--/nav-->"
 _NAV_RE = re.compile(re.escape(_NAV_START) + ".*?" + re.escape(_NAV_END), re.S)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a browser refreshing the page never sees half of it
-
-
 def _pages(folder: str) -> list[tuple[int, str]]:
     found = []
     for name in os.listdir(folder):
@@ -268,7 +263,7 @@ def _relink(folder: str, pages: list[tuple[int, str]], step: int) -> None:
         return
     new = _NAV_RE.sub(lambda _: _NAV_START + _nav_html(pages, step) + _NAV_END, text, count=1)
     if new != text:
-        _write_atomic(path, new)
+        atomic_write(path, new)
 
 
 def write_index(folder: str, run_name: str) -> str:
@@ -292,7 +287,7 @@ def write_index(folder: str, run_name: str) -> str:
            f'<th>step\'s mean reward</th><th>shown rewarded</th><th>shown mean reward</th></tr>{"".join(rows)}'
            f'</table></main></body></html>\n')
     path = os.path.join(folder, "index.html")
-    _write_atomic(path, doc)
+    atomic_write(path, doc)
     return path
 
 
@@ -317,7 +312,7 @@ def write_sample_page(run_dir: str, step: int, rows: Sequence[SampleRow], title:
                  f"{_mean(summary['shown_mean'])}")
     parts.append(f"written {time.strftime('%Y-%m-%d %H:%M:%S')}")
     path = os.path.join(folder, name)
-    _write_atomic(path, render_page(title or f"{run_name} \u00b7 step {step}", " \u00b7 ".join(parts), rows,
+    atomic_write(path, render_page(title or f"{run_name} \u00b7 step {step}", " \u00b7 ".join(parts), rows,
                                     _nav_html(pages, step), summary))
     position = [s for s, _ in pages].index(step)
     for neighbour in pages[max(0, position - 1):position] + pages[position + 1:position + 2]:

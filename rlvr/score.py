@@ -37,28 +37,25 @@ def scored_path(path: Path) -> Path:
 
 def read_predictions(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for every non-blank line; raises PredictionsError on bad lines."""
+    from rlvr.files import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PredictionsError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise PredictionsError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in ("completion", "answer") if k not in row]
-            if missing:
-                raise PredictionsError(f"{path}:{n}: missing key(s) {missing}; each line needs 'completion' and 'answer'")
-            if not isinstance(row["completion"], str):
-                raise PredictionsError(f"{path}:{n}: 'completion' must be a string")
-            answer = row["answer"]
-            if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-                row["answer"] = str(answer)
-            elif not isinstance(answer, str):
-                raise PredictionsError(f"{path}:{n}: 'answer' must be a string or a number, got {type(answer).__name__}")
-            rows.append((n, row))
+    for n, row, bad in iter_jsonl(str(path)):
+        if bad:
+            raise PredictionsError(f"{path}:{n}: {bad}")
+        if not isinstance(row, dict):
+            raise PredictionsError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("completion", "answer") if k not in row]
+        if missing:
+            raise PredictionsError(f"{path}:{n}: missing key(s) {missing}; each line needs 'completion' and 'answer'")
+        if not isinstance(row["completion"], str):
+            raise PredictionsError(f"{path}:{n}: 'completion' must be a string")
+        answer = row["answer"]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            row["answer"] = str(answer)
+        elif not isinstance(answer, str):
+            raise PredictionsError(f"{path}:{n}: 'answer' must be a string or a number, got {type(answer).__name__}")
+        rows.append((n, row))
     return rows
 
 
