@@ -342,9 +342,12 @@ class ResumePlan:
 
     def refusal(self) -> str:
         keys = ", ".join(k for k, _, _ in self.refused)
+        key, old, _ = self.refused[0]
+        back = f"{key}={_short(old)}".replace("'", "")
         return (f"Refused: {keys} would make the rest of the run a different run from its first {self.step} steps. "
-                "Put it back as it was, start a new run (a new output_dir; model.name_or_path can point to "
-                "this run's final/ folder), or set checkpoint.allow_resume_changes=true if you mean it.")
+                f"Put it back as it was (e.g. {back}; a key you did not touch is a default that changed with "
+                "rlvr), start a new run (a new output_dir; model.name_or_path can point to this run's final/ "
+                "folder), or set checkpoint.allow_resume_changes=true if you mean it.")
 
 
 def plan_resume(cfg) -> ResumePlan:

@@ -256,6 +256,8 @@ class StopSignal:
 
     def agree(self, accelerator) -> str | None:
         """The signal to act on at this step boundary, the same on every rank (a collective)."""
+        if accelerator.num_processes == 1:
+            return self.received
         code = max_over_ranks(accelerator, self.CODES[self.received])
         return {v: k for k, v in self.CODES.items()}[code]
 
