@@ -56,10 +56,12 @@ def test_short_run_writes_config_metrics_checkpoint_and_final_model(qwen25_dir, 
     assert [r["step"] for r in rows] == [1, 2]
     required = ["step", "reward/mean", "reward/std", "loss", "lr", "grad_norm", "response_length/mean",
                 "zero_std_groups", "time/rollout_s", "time/reward_s", "time/update_s", "time/step_s",
-                "sapo/gate_pos", "sapo/gate_neg", "sapo/gate_below_half", "ratio/mean", "ratio/max", "entropy",
-                "rollout/logprob_diff_max"]
+                "sapo/gate_below_half", "ratio/mean", "ratio/max", "entropy", "rollout/logprob_diff_max"]
     for key in required:
         assert key in rows[-1], key
+    for row in rows:  # a gate metric is there exactly when the step had tokens with A > 0 / A < 0
+        some_signal = row["zero_std_groups"] < 1  # a group whose rewards differ has both signs
+        assert ("sapo/gate_pos" in row) == some_signal and ("sapo/gate_neg" in row) == some_signal, row
     assert rows[-1]["rollout/logprob_diff_max"] < 1e-4  # fp32: rollout and update agree
     assert os.path.isfile(out_dir / "config.yaml")
     ckpts = sorted(os.listdir(out_dir / "checkpoints"))
