@@ -11,7 +11,7 @@ colour around it; both with the question worded three ways). One tiny random Qwe
 ``launch/train.py --config RECIPE`` with the assets, ``trainer.seed`` and ``--set`` overrides.
 Runs go one at a time (each uses every core). Reported per run: mean reward of the first and
 last 5 steps, the share of zero-variance groups and the token entropy over the last 5 steps,
-and wall time; per variant the worst and mean last-5 reward and how many seeds reach the
+wall time and CPU time (the cost to compare on a shared machine); per variant the worst and mean last-5 reward and how many seeds reach the
 target (demo task 0.8, distractor variants 0.6).
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -61,6 +62,12 @@ def assets(out: str, variants: list[str]) -> dict[str, str]:
                 sys.exit(f"make_demo_data failed for {v} (exit {rc}); see {data}/make.log")
         paths[v] = data
     return paths
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of finished child processes: the run's cost on a busy machine, where wall time is not."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summarise(metrics_path: str) -> dict[str, float]:
@@ -108,24 +115,25 @@ def main(argv: list[str] | None = None) -> int:
                 cmd.append(f"trainer.max_steps={args.steps}")
             if os.path.exists(os.path.join(run, "metrics.jsonl")):
                 os.remove(os.path.join(run, "metrics.jsonl"))  # a fresh run, not a resume
-            start = time.monotonic()
+            start, cpu0 = time.monotonic(), _children_cpu_s()
             rc = _run(cmd, os.path.join(out, "runs", f"{v}-s{seed}{args.tag}.log"))
-            wall = time.monotonic() - start
+            wall, cpu = time.monotonic() - start, _children_cpu_s() - cpu0
             if rc:
                 print(f"{v} seed {seed}: training failed (exit {rc}); see {run}.log", flush=True)
                 continue
-            row = {"variant": v, "seed": seed, "wall_s": wall, **summarise(os.path.join(run, "metrics.jsonl"))}
+            row = {"variant": v, "seed": seed, "wall_s": wall, "cpu_s": cpu, **summarise(os.path.join(run, "metrics.jsonl"))}
             results.append(row)
             with open(os.path.join(run, "learning_seeds.json"), "w", encoding="utf-8") as f:
                 json.dump(row, f)
             print(f"{v:7s} seed {seed}: last-5 {row['last5']:.3f}  first-5 {row['first5']:.3f}  "
-                  f"zero-std {row['zero_std']:.2f}  entropy {row['entropy']:.2f}  {wall:.0f} s", flush=True)
+                  f"zero-std {row['zero_std']:.2f}  entropy {row['entropy']:.2f}  {wall:.0f} s ({cpu:.0f} s CPU)", flush=True)
 
     print(f"\nrecipe {os.path.relpath(args.recipe, ROOT)} {' '.join(args.set)}".rstrip())
-    print(f"{'variant':8s} {'seed':>4s} {'first-5':>8s} {'last-5':>8s} {'zero-std':>9s} {'entropy':>8s} {'wall s':>7s}")
+    print(f"{'variant':8s} {'seed':>4s} {'first-5':>8s} {'last-5':>8s} {'zero-std':>9s} {'entropy':>8s} {'wall s':>7s} "
+          f"{'CPU s':>6s}")
     for r in results:
         print(f"{r['variant']:8s} {r['seed']:4d} {r['first5']:8.3f} {r['last5']:8.3f} {r['zero_std']:9.2f} "
-              f"{r['entropy']:8.2f} {r['wall_s']:7.0f}")
+              f"{r['entropy']:8.2f} {r['wall_s']:7.0f} {r.get('cpu_s', float('nan')):6.0f}")
     print()
     for v in args.variants:
         last = [r["last5"] for r in results if r["variant"] == v]
