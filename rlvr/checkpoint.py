@@ -32,6 +32,8 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
+from rlvr.distributed import is_deepspeed
+
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{6,})$")
@@ -144,10 +146,6 @@ def truncate_run_logs(output_dir: str, step: int) -> None:
 # ------------------------------------------------------------------ saving and loading
 
 
-def _is_deepspeed(accelerator) -> bool:
-    return accelerator.state.deepspeed_plugin is not None
-
-
 def install_hooks(accelerator, model) -> None:
     """Make ``save_state`` keep only ``model``'s trainable weights (non-DeepSpeed runs) and
     ``load_state`` check that a checkpoint has exactly those.
@@ -175,7 +173,7 @@ def install_hooks(accelerator, model) -> None:
                 f"unexpected e.g. {extra}). Was it written with another model.lora / model.freeze_vision_tower "
                 "setting or another model? Resume with the config the checkpoint was written with.")
 
-    if not _is_deepspeed(accelerator):
+    if not is_deepspeed(accelerator):
         accelerator.register_save_state_pre_hook(before_save)
         accelerator.register_load_state_pre_hook(before_load)
 
@@ -190,7 +188,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict
             shutil.rmtree(tmp)
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
-    kwargs = {"exclude_frozen_parameters": True} if _is_deepspeed(accelerator) else {}
+    kwargs = {"exclude_frozen_parameters": True} if is_deepspeed(accelerator) else {}
     accelerator.save_state(tmp, safe_serialization=True, **kwargs)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -221,7 +219,7 @@ def load_checkpoint(accelerator, path: str) -> dict:
                        "the split of prompts across ranks differ, so the run will not repeat exactly",
                        path, world, accelerator.num_processes)
     # Frozen weights are not in the checkpoint (see install_hooks / exclude_frozen_parameters).
-    kwargs = {"load_module_strict": False} if _is_deepspeed(accelerator) else {"strict": False}
+    kwargs = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
     accelerator.load_state(path, **kwargs)
     logger.info("resumed from %s (step %d)", path, state["step"])
     return state

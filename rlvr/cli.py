@@ -10,70 +10,17 @@ by every rank that has one, since it may be the only one.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import traceback
 
 from rlvr.config import ConfigError, load_config, parse_cli, validate
-
-LOG_NAME = "train.log"
-_CONSOLE_FORMAT = "%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-class _ConsoleFilter(logging.Filter):
-    """The console gets rlvr's own messages (INFO on rank 0, WARNING elsewhere) and errors from
-    anyone; library chatter (FutureWarnings, generation-flag notices, accelerate's INFO lines
-    at each checkpoint) goes to the log file only."""
-
-    def __init__(self, rank: int):
-        super().__init__()
-        self.own_level = logging.INFO if rank == 0 else logging.WARNING
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        own = record.name == "rlvr" or record.name.startswith(("rlvr.", "__main__"))
-        return record.levelno >= (self.own_level if own else logging.ERROR)
-
-
-def setup_logging(log_file: str | None = None) -> None:
-    """Console logging as above; with ``log_file``, everything at INFO and above also goes there."""
-    rank = _rank()
-    root = logging.getLogger()
-    fmt = logging.Formatter(_CONSOLE_FORMAT.format(rank=rank), datefmt="%H:%M:%S")
-    if not any(getattr(h, "_rlvr_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(fmt)
-        console.addFilter(_ConsoleFilter(rank))
-        console._rlvr_console = True
-        root.addHandler(console)
-    root.setLevel(logging.INFO)
-    logging.captureWarnings(True)  # warnings.warn (FutureWarning & co.) -> logger "py.warnings"
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "DeepSpeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if log_file is not None and not any(getattr(h, "_rlvr_file", None) == log_file for h in root.handlers):
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=False)
-        handler.setFormatter(logging.Formatter(_CONSOLE_FORMAT.format(rank=rank), datefmt="%Y-%m-%d %H:%M:%S"))
-        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        handler._rlvr_file = log_file
-        root.addHandler(handler)
-    if "transformers" in sys.modules or log_file is not None:
-        # transformers logs through its own stderr handler unless told to propagate to ours
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
-        hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards": not what matters
-
+from rlvr.logs import LOG_NAME, rank_of_process, setup_logging
 
 def _collective_failure_message(cfg, error: BaseException) -> str:
     return (
-        f"rank {_rank()}: a collective operation failed or waited longer than trainer.collective_timeout_s="
+        f"rank {rank_of_process()}: a collective operation failed or waited longer than trainer.collective_timeout_s="
         f"{cfg.trainer.collective_timeout_s} s ({type(error).__name__}). Another rank has most likely died or "
         "hung: look for the first error in the other ranks' output (or the node's log). If a step legitimately "
         "takes longer between collectives, raise trainer.collective_timeout_s.")
@@ -81,7 +28,7 @@ def _collective_failure_message(cfg, error: BaseException) -> str:
 
 def _user_error(message: str) -> int:
     """A problem the user fixes: printed once (rank 0), exit code 2."""
-    if _rank() == 0:
+    if rank_of_process() == 0:
         print(f"error: {message}", file=sys.stderr, flush=True)
     return 2
 
@@ -98,12 +45,12 @@ def _runtime_error(error: BaseException, log_file: str | None) -> int:
                 "set trainer.micro_batch_tokens (update); `python -m rlvr.validate` estimates the budget.")
     if log_file is not None:
         with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"rank {_rank()} failed:\n" + "".join(traceback.format_exception(error)))
+            f.write(f"rank {rank_of_process()} failed:\n" + "".join(traceback.format_exception(error)))
         where = f" (traceback in {log_file})"
     else:
         where = ""
         traceback.print_exception(error)
-    print(f"error: rank {_rank()}: {first}{where}.{hint}", file=sys.stderr, flush=True)
+    print(f"error: rank {rank_of_process()}: {first}{where}.{hint}", file=sys.stderr, flush=True)
     return 1
 
 
@@ -118,14 +65,14 @@ def run_training(argv: list[str]) -> int:
             # the checks rlvr.validate --num-processes runs, for this launch's process count
             validate(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1))
         except ConfigError as e:
-            if _rank() == 0:
+            if rank_of_process() == 0:
                 print(f"config error: {e}", file=sys.stderr)
             return 2
         log_file = os.path.join(cfg.output_dir, LOG_NAME)
         setup_logging(log_file)
         return _train(cfg, log_file)
     except KeyboardInterrupt:  # Ctrl-C before the trainer's handler was installed, or after it was lifted
-        if _rank() == 0:
+        if rank_of_process() == 0:
             print("\ninterrupted before training started or after it ended; nothing to checkpoint", file=sys.stderr)
         return 128 + signal.SIGINT
 
@@ -134,12 +81,12 @@ def _train(cfg, log_file: str) -> int:
     from rlvr.checkpoint import ResumeError, plan_resume
     from rlvr.data import DataError
 
-    if _rank() == 0:
+    if rank_of_process() == 0:
         print(f"rlvr: full log in {log_file}", file=sys.stderr, flush=True)
     try:
         plan = plan_resume(cfg)  # before any model loads: a finished or refused resume ends here
         if plan.finished:
-            if _rank() == 0:
+            if rank_of_process() == 0:
                 print(f"resume={cfg.resume}: {plan.describe()}", flush=True)
             return 0
         if plan.refused and not plan.allowed:
@@ -148,7 +95,7 @@ def _train(cfg, log_file: str) -> int:
 
         report = preflight(cfg)  # the cheap part of `python -m rlvr.validate`, before any GPU time
         if report.failed:
-            if _rank() == 0:
+            if rank_of_process() == 0:
                 print(report.render(), file=sys.stderr)
             return 2
     except (ConfigError, DataError, ResumeError) as e:

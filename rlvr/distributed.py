@@ -189,6 +189,17 @@ def max_over_ranks(accelerator, value: int | list[int]) -> int | list[int]:
     return out if isinstance(value, list) else out[0]
 
 
+def average_over_ranks(metrics: dict[str, float], device) -> dict[str, float]:
+    """Each metric's mean over ranks (the maximum for ``*/max`` keys); every rank must pass the same keys."""
+    if world_size() == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)  # [K]
+    maxes = reduce_over_ranks(values.clone(), "max")
+    means = reduce_over_ranks(values, "sum") / world_size()
+    return {k: (maxes[i] if k.endswith("/max") else means[i]).item() for i, k in enumerate(keys)}
+
+
 def all_ranks_agree(flag: bool, device) -> bool:
     """Whether ``flag`` holds on every rank."""
     return bool(reduce_over_ranks(torch.tensor(int(flag), device=device), "min").item())

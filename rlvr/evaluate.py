@@ -294,7 +294,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
-    from rlvr.cli import setup_logging
+    from rlvr.logs import setup_logging
     from rlvr.config import ConfigError, load_config, validate
 
     setup_logging()

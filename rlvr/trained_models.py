@@ -1,5 +1,7 @@
-"""Trained models, found and loaded: a model folder, a run, a checkpoint, or a LoRA adapter.
+"""Trained models, saved and found again: a model folder, a run, a checkpoint, or a LoRA adapter.
 
+``save_trained`` writes the policy at the end of a run (a transformers folder, or the LoRA
+adapter, with the processor; partitioned ZeRO-3 weights gathered one at a time).
 ``resolve_model(path)`` says where a trained model's weights, processor and run config are;
 ``load_trained(source, ...)`` loads it, adapters merged and checkpoint weights laid over the
 base model. ``rlvr.evaluate``'s command line uses both.
@@ -148,3 +150,63 @@ def load_trained(source: ModelSource, dtype: str, attn_implementation: str, devi
         if is_lora:
             model = model.merge_and_unload()
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_trained(accelerator, policy, processor, out_dir: str) -> None:
+    """The final policy: a transformers folder, or under LoRA the adapter; with the processor.
+
+    Every rank calls it (gathering ZeRO-3 weights is a collective); the main process writes.
+    """
+    from rlvr.distributed import zero_stage
+    from rlvr.lora import is_lora, save_adapter
+    from rlvr.models import save_processor
+
+    acc = accelerator
+    lora = is_lora(policy)
+    # Weights are saved under the model's own module names (transformers >= 5 format):
+    # reverting to a checkpoint's original names goes wrong for models loaded under ZeRO-3.
+    if zero_stage(acc) == 3 or lora:  # partitioned weights (or only the adapter): collect them
+        state = gathered_state(acc, policy, trainable_only=lora)
+        if acc.is_main_process:
+            if lora:
+                save_adapter(policy, out_dir, state)
+            else:
+                policy.save_pretrained(out_dir, state_dict=state, safe_serialization=True, save_original_format=False)
+    elif acc.is_main_process:  # every rank holds the full, current weights
+        policy.save_pretrained(out_dir, safe_serialization=True, save_original_format=False)
+    if acc.is_main_process:
+        save_processor(processor, out_dir)
+    acc.wait_for_everyone()
+
+
+def gathered_state(accelerator, policy, trainable_only: bool) -> dict:
+    """Full CPU copies of the policy's tensors by state-dict name, on the main process.
+
+    Under ZeRO-3 each parameter is gathered in turn (a collective: every rank calls this),
+    so at most one full parameter is materialised beyond the shards at a time.
+    """
+    from rlvr.distributed import zero_stage
+
+    params = dict(policy.named_parameters(remove_duplicate=False))  # tied weights under each name
+    zero3 = zero_stage(accelerator) == 3
+    state, seen = {}, set()
+    for name, tensor in policy.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        if trainable_only and (param is None or not param.requires_grad):
+            continue
+        if param is not None:
+            if id(param) in seen:
+                continue  # a tied weight (output head = input embeddings): saved once
+            seen.add(id(param))
+        if zero3 and param is not None and hasattr(param, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                if accelerator.is_main_process:
+                    state[name] = param.detach().cpu().clone()
+        elif accelerator.is_main_process:
+            state[name] = tensor.detach().cpu().clone()
+    return state

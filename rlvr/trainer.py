@@ -31,15 +31,16 @@ from rlvr.checkpoint import (ResumeError, ResumePlan, install_hooks, load_checkp
 from rlvr.config import Config, save_config
 from rlvr.data import EpochSampler, load_examples
 from rlvr.evaluate import Evaluator
-from rlvr.distributed import (StopSignal, configure_deepspeed, describe_ranks, gather_objects, generation_model,
-                              make_accelerator, prepare_reference, zero_stage)
-from rlvr.lora import apply_lora, inner_model, is_lora, save_adapter
-from rlvr.models import load_model, load_processor, save_processor, stop_token_ids, vision_tower
+from rlvr.distributed import (StopSignal, average_over_ranks, configure_deepspeed, describe_ranks, gather_objects,
+                              generation_model, make_accelerator, prepare_reference)
+from rlvr.lora import apply_lora, inner_model, is_lora
+from rlvr.models import load_model, load_processor, stop_token_ids, vision_tower
 from rlvr.plot import plot_run
 from rlvr.batch import encode_prompt
 from rlvr.rollout import generate, response_seeds
 from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
+from rlvr.trained_models import save_trained
 from rlvr.logprobs import PolicyLogprobs
 from rlvr.update import PolicyUpdate
 
@@ -300,7 +301,7 @@ class Trainer:
             "time/reward_s": t2 - t1,
             "time/update_s": t3 - t2,
         })
-        metrics = self._reduce(metrics)
+        metrics = average_over_ranks(metrics, acc.device)
         everyone = acc.gather(rewards.to(acc.device)) if acc.num_processes > 1 else rewards  # [prompts * G]
         metrics["reward/mean"] = everyone.mean().item()
         metrics["reward/std"] = everyone.std().item() if len(everyone) > 1 else 0.0
@@ -308,17 +309,6 @@ class Trainer:
         metrics["step"] = step + 1
         metrics["epoch"] = self.sampler.epoch
         return metrics, all_indices, mine
-
-    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Average (or max, for */max) each metric over ranks; one collective for all of them."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([[metrics[k] for k in keys]], dtype=torch.float64, device=acc.device)  # [1, K]
-        gathered = acc.gather(values)  # [W, K]
-        means, maxes = gathered.mean(0), gathered.max(0).values
-        return {k: (maxes[i] if k.endswith("/max") else means[i]).item() for i, k in enumerate(keys)}
 
     # ------------------------------------------------------------------ loop
 
@@ -368,58 +358,9 @@ class Trainer:
                     logger.info("stopped after step %d on %s; checkpoint saved", step, stopping)
                     break
             if self.stopped_by is None and cfg.checkpoint.save_final_model:
-                self.save_model(os.path.join(cfg.output_dir, "final"))
+                save_trained(acc, acc.unwrap_model(self.model).policy, self.processor,
+                             os.path.join(cfg.output_dir, "final"))
         finally:
             signals.uninstall()
             tracker.close()
         return metrics
-
-    def save_model(self, out_dir: str) -> None:
-        """The final policy: a transformers folder, or under LoRA the adapter; with the processor."""
-        acc = self.accelerator
-        policy = acc.unwrap_model(self.model).policy
-        lora = is_lora(policy)
-        # Weights are saved under the model's own module names (transformers >= 5 format):
-        # reverting to a checkpoint's original names goes wrong for models loaded under ZeRO-3.
-        if zero_stage(acc) == 3 or lora:  # partitioned weights (or only the adapter): collect them
-            state = self._gathered_state(trainable_only=lora)
-            if acc.is_main_process:
-                if lora:
-                    save_adapter(policy, out_dir, state)
-                else:
-                    policy.save_pretrained(out_dir, state_dict=state, safe_serialization=True,
-                                           save_original_format=False)
-        elif acc.is_main_process:  # every rank holds the full, current weights
-            policy.save_pretrained(out_dir, safe_serialization=True, save_original_format=False)
-        if acc.is_main_process:
-            save_processor(self.processor, out_dir)
-        acc.wait_for_everyone()
-
-    def _gathered_state(self, trainable_only: bool) -> dict[str, torch.Tensor]:
-        """Full CPU copies of the policy's tensors by state-dict name, on the main process.
-
-        Under ZeRO-3 each parameter is gathered in turn (a collective: every rank calls this),
-        so at most one full parameter is materialised beyond the shards at a time.
-        """
-        acc = self.accelerator
-        policy = acc.unwrap_model(self.model).policy
-        params = dict(policy.named_parameters(remove_duplicate=False))  # tied weights under each name
-        zero3 = zero_stage(acc) == 3
-        state, seen = {}, set()
-        for name, tensor in policy.state_dict(keep_vars=True).items():
-            param = params.get(name)
-            if trainable_only and (param is None or not param.requires_grad):
-                continue
-            if param is not None:
-                if id(param) in seen:
-                    continue  # a tied weight (output head = input embeddings): saved once
-                seen.add(id(param))
-            if zero3 and param is not None and hasattr(param, "ds_id"):
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters([param]):
-                    if acc.is_main_process:
-                        state[name] = param.detach().cpu().clone()
-            elif acc.is_main_process:
-                state[name] = tensor.detach().cpu().clone()
-        return state

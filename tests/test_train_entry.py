@@ -229,7 +229,7 @@ def test_library_chatter_goes_to_the_log_file_not_the_console(tmp_path):
     log = tmp_path / "train.log"
     script = f"""
 import logging, warnings
-from rlvr.cli import setup_logging
+from rlvr.logs import setup_logging
 setup_logging({str(log)!r})
 from transformers.utils import logging as hf_logging
 logging.getLogger("rlvr.trainer").info("rlvr info line")
