@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-AGGREGATION_MODES: tuple[str, ...] = (
-    "seq-mean-token-mean",
-    "token-mean",
-    "seq-mean-token-sum-norm",
-)
+from rlvr.config.schema import AGGREGATIONS
+
+# The choices are the config's (algorithm.aggregation), defined once there.
+AGGREGATION_MODES: tuple[str, ...] = AGGREGATIONS
 
 # --------------------------------------------------------------------------------------------
 # Reduction

@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 
-from rlvr.config import ConfigError, load_config, parse_cli, validate
+from rlvr.config import ConfigError, load_config, parse_cli, check_config
 from rlvr.logs import LOG_NAME, rank_of_process, setup_logging
 
 def _collective_failure_message(cfg, error: BaseException) -> str:
@@ -63,7 +63,7 @@ def run_training(argv: list[str]) -> int:
             path, overrides = parse_cli(argv)
             cfg = load_config(path, overrides)
             # the checks rlvr.validate --num-processes runs, for this launch's process count
-            validate(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1))
+            check_config(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1))
         except ConfigError as e:
             if rank_of_process() == 0:
                 print(f"config error: {e}", file=sys.stderr)

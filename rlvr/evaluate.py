@@ -295,7 +295,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     from rlvr.logs import setup_logging
-    from rlvr.config import ConfigError, load_config, validate
+    from rlvr.config import ConfigError, load_config, check_config
 
     setup_logging()
     try:
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model.name_or_path = source.weights_dir
         cfg.data.val_files = list(args.data)
         check = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_files=cfg.data.train_files or args.data))
-        validate(check)  # only the model/data/rollout/reward rules matter here; train_files is not needed
+        check_config(check)  # only the model/data/rollout/reward rules matter here; train_files is not needed
     except (ConfigError, ModelNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
 
 What it checks, in order:
 1. Config: the recipe and overrides resolve (unknown keys, types) and pass the cross-field
-   rules of ``rlvr.config.validate`` for the run's process count (``--num-processes``, else
+   rules of ``rlvr.config.check_config`` for the run's process count (``--num-processes``, else
    the launcher's WORLD_SIZE or accelerate's config): the same call training makes, so a
    batch that does not split over the ranks fails here too. The output folder: what
    ``resume`` will do there (``rlvr.checkpoint.plan_resume``, training's own decision): a
@@ -672,7 +672,7 @@ def validate_setup(config_path: str | None, overrides: list[str], max_rows: int 
     ``num_gpus``: the processes the run will have (default: the launcher's environment, else 1);
     the config checks are training's own for that many processes.
     """
-    from rlvr.config import ConfigError, load_config, validate
+    from rlvr.config import ConfigError, load_config, check_config
 
     shown = config_path or "defaults"
     report = Report(f"rlvr validate: {shown}" + (f" with {len(overrides)} override(s)" if overrides else ""))
@@ -687,7 +687,7 @@ def validate_setup(config_path: str | None, overrides: list[str], max_rows: int 
     env_gpus, env_stage, env_memory = _environment_defaults()
     processes = num_gpus or env_gpus
     try:
-        validate(cfg, num_processes=processes)
+        check_config(cfg, num_processes=processes)
         report.add("Config", OK, f"resolves and passes the cross-field checks for {processes} process"
                                  f"{'es' * (processes > 1)}")
     except ConfigError as e:

@@ -15,7 +15,7 @@ from rlvr.config import (
     load_config,
     parse_cli,
     save_config,
-    validate,
+    check_config,
 )
 
 VALID = ["model.name_or_path=tiny-vlm", "data.train_files=train.jsonl"]
@@ -244,7 +244,7 @@ def test_reward_function_typo_and_missing_name(tmp_path):
 
 
 def test_valid_config_passes():
-    validate(load_config(None, VALID))
+    check_config(load_config(None, VALID))
 
 
 @pytest.mark.parametrize("overrides, field_name", [
@@ -286,26 +286,26 @@ def test_valid_config_passes():
 def test_validate_rule(overrides, field_name):
     cfg = load_config(None, VALID + overrides)
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        check_config(cfg)
     msg = str(e.value)
     assert "Invalid config (1 problem):" in msg and f"1. {field_name}" in msg
 
 
 def test_validate_batch_messages_say_the_numbers():
     with pytest.raises(ConfigError) as e:
-        validate(load_config(None, VALID + ["trainer.prompts_per_step=4", "trainer.num_minibatches=3"]))
+        check_config(load_config(None, VALID + ["trainer.prompts_per_step=4", "trainer.num_minibatches=3"]))
     assert "4 * 8 = 32" in str(e.value) and "[1, 2, 4, 8, 16]" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        validate(load_config(None, VALID + ["trainer.num_minibatches=2", "trainer.micro_batch_size=5"]))
+        check_config(load_config(None, VALID + ["trainer.num_minibatches=2", "trainer.micro_batch_size=5"]))
     assert "64 / 2 = 32 sequences" in str(e.value) and "[1, 2, 4, 8, 16]" in str(e.value)
-    validate(load_config(None, VALID + ["trainer.num_minibatches=4", "trainer.micro_batch_size=16"]))
+    check_config(load_config(None, VALID + ["trainer.num_minibatches=4", "trainer.micro_batch_size=16"]))
     # A token budget replaces micro_batch_size, so its divisibility no longer matters.
-    validate(load_config(None, VALID + ["trainer.micro_batch_size=5", "trainer.micro_batch_tokens=16384"]))
+    check_config(load_config(None, VALID + ["trainer.micro_batch_size=5", "trainer.micro_batch_tokens=16384"]))
 
 
 def test_validate_collects_all_problems():
     with pytest.raises(ConfigError) as e:
-        validate(Config())
+        check_config(Config())
     msg = str(e.value)
     assert "Invalid config (2 problems):" in msg
     assert "1. model.name_or_path" in msg and "2. data.train_files" in msg
@@ -367,9 +367,9 @@ def test_flash_attention_needs_its_package(monkeypatch):
     cfg = load_config(None, VALID + ["model.attn_implementation=flash_attention_2"])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
     with pytest.raises(ConfigError, match="needs the flash_attn package"):
-        validate(cfg)
+        check_config(cfg)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
-    validate(cfg)
+    check_config(cfg)
 
 
 # ---------------------------------------------------------------- the process count
@@ -378,25 +378,25 @@ def test_flash_attention_needs_its_package(monkeypatch):
 def test_validate_checks_the_split_over_processes():
     """prompts_per_step=3 is fine alone and on 3 processes, wrong on 2: validate says so before any model loads."""
     cfg = load_config(None, VALID + ["trainer.prompts_per_step=3", "rollout.group_size=4", "trainer.micro_batch_size=4"])
-    validate(cfg)
-    validate(cfg, num_processes=3)  # 1 prompt x 4 = 4 sequences per rank: one micro-batch of 4
+    check_config(cfg)
+    check_config(cfg, num_processes=3)  # 1 prompt x 4 = 4 sequences per rank: one micro-batch of 4
     with pytest.raises(ConfigError) as e:
-        validate(cfg, num_processes=2)
+        check_config(cfg, num_processes=2)
     assert "1. trainer.prompts_per_step=3 does not divide among 2 processes" in str(e.value)
     assert "trainer.prompts_per_step in [2, 4]" in str(e.value)
     # divides, but each rank's 2 prompts x 4 = 8 sequences do not fill micro-batches of 3
     cfg = load_config(None, VALID + ["trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.micro_batch_size=16"])
-    validate(cfg)
+    check_config(cfg)
     with pytest.raises(ConfigError, match=r"each of the 2 processes gets 2 prompts x 4 = 8 sequences per step, which "
                                           r"trainer.num_minibatches=1 x trainer.micro_batch_size=16 does not divide"):
-        validate(cfg, num_processes=2)
+        check_config(cfg, num_processes=2)
 
 
 # ---------------------------------------------------------------- help text
 
 
 def test_every_key_has_help_text_and_help_config_shows_defaults():
-    from rlvr.config import _join, _sections, field_help, help_config
+    from rlvr.config.help import _join, _sections, field_help, help_config
 
     for name, cls in _sections().items():
         helps = field_help(cls)

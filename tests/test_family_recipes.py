@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from rlvr.config import load_config, validate
+from rlvr.config import load_config, check_config
 from rlvr.tools.make_tiny_model import FAMILY_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def test_recipe_starts_on_its_family_tiny_model(recipe, assets, tmp_path):
     family = family_of_recipe(recipe)
     overrides = small_overrides(model(family), data_dir, str(tmp_path / "run"))
     cfg = load_config(recipe, overrides)
-    validate(cfg)
+    check_config(cfg)
     assert cfg.algorithm.loss == "sapo" and (cfg.algorithm.tau_pos, cfg.algorithm.tau_neg) == (1.0, 1.05)
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", recipe,

@@ -560,3 +560,17 @@ def test_the_trainer_passes_algorithm_entropy_coef_to_the_loss():
     cfg = load_config(None, ["algorithm.entropy_coef=0.05"])
     assert loss_kwargs(cfg)["entropy_coef"] == 0.05
     assert loss_kwargs(load_config(None, []))["entropy_coef"] == 0.0
+
+
+def test_the_registry_is_the_configs_choices():
+    """algorithm.loss accepts exactly the registered losses; algorithm.aggregation exactly the reductions."""
+    from rlvr.config import AGGREGATIONS, LOSS_NAMES, AlgorithmConfig
+
+    assert set(LOSS_NAMES) == set(POLICY_LOSSES)
+    assert AGGREGATION_MODES == AGGREGATIONS
+    assert set(default_aggregation(n) for n in POLICY_LOSSES) <= set(AGGREGATIONS)
+    # the loss's own hyperparameter defaults live in the registry only: the config's are None
+    algorithm = AlgorithmConfig()
+    for name in POLICY_LOSSES:
+        for key in loss_hyperparameters(name):
+            assert getattr(algorithm, key) is None, key

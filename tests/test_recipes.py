@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rlvr.config import load_config, validate
+from rlvr.config import load_config, check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
@@ -18,7 +18,7 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_recipe_loads_and_validates(path):
     cfg = load_config(path, [])
-    validate(cfg)
+    check_config(cfg)
     with open(path, encoding="utf-8") as f:
         first = f.readline()
     assert first.startswith("#"), "a recipe starts with a comment giving the command that runs it"

@@ -1,0 +1,70 @@
+"""The config rules that span sections: how the rollout batch splits into minibatches, micro-batches and ranks."""
+
+from __future__ import annotations
+
+from rlvr.config.schema import Config, ConfigError
+
+
+def _divisors_near(n: int, target: int, k: int = 5) -> list[int]:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return sorted(sorted(divs, key=lambda d: abs(d - target))[:k])
+
+
+def process_problems(cfg: Config, num_processes: int) -> list[str]:
+    """How the rollout batch splits over ``num_processes`` ranks: what does not divide (empty = fine).
+
+    The same rule training applies (``rlvr.trainer.micro_batching``), so ``rlvr.validate
+    --num-processes N`` fails exactly where an N-process run would stop.
+    """
+    t, g, world = cfg.trainer, cfg.rollout.group_size, num_processes
+    if min(t.prompts_per_step, t.num_minibatches, t.micro_batch_size, g, world) < 1:
+        return []  # reported by the single-field checks
+    if t.prompts_per_step % world:
+        near = sorted({max(world, t.prompts_per_step // world * world), -(-t.prompts_per_step // world) * world})
+        return [f"trainer.prompts_per_step={t.prompts_per_step} does not divide among {world} processes; use a "
+                f"multiple of {world} so every rank gets the same number of prompts, e.g. trainer.prompts_per_step "
+                f"in {near}."]
+    local = t.prompts_per_step // world * g  # sequences per rank per step
+    size = 1 if t.micro_batch_tokens is not None else t.micro_batch_size
+    if local % (t.num_minibatches * size):
+        what = f"trainer.num_minibatches={t.num_minibatches}"
+        fix = f"pick a num_minibatches that divides {local}"
+        if size > 1:
+            what += f" x trainer.micro_batch_size={size}"
+            fix = f"pick a micro_batch_size that divides {local // t.num_minibatches}"
+        return [f"each of the {world} processes gets {t.prompts_per_step // world} prompts x {g} = {local} sequences "
+                f"per step, which {what} does not divide; {fix}"]
+    return []
+
+
+def batch_problems(cfg: Config) -> list[str]:
+    """How the rollout batch (trainer x rollout) splits into minibatches and micro-batches."""
+    t, r = cfg.trainer, cfg.rollout
+    batch = t.prompts_per_step * r.group_size  # sequences per rollout batch
+    if min(t.prompts_per_step, t.num_minibatches, t.micro_batch_size, r.group_size) < 1:
+        return []  # reported by the sections' own checks
+    if batch % t.num_minibatches:
+        return [f"trainer.num_minibatches={t.num_minibatches} does not divide the rollout batch of "
+                f"trainer.prompts_per_step * rollout.group_size = {t.prompts_per_step} * {r.group_size} = {batch} "
+                "sequences, so minibatches would be uneven. Use a divisor of "
+                f"{batch}, e.g. trainer.num_minibatches in {_divisors_near(batch, t.num_minibatches)}."]
+    mini = batch // t.num_minibatches
+    if t.micro_batch_tokens is None and mini % t.micro_batch_size:
+        return [f"trainer.micro_batch_size={t.micro_batch_size} does not divide each minibatch of "
+                f"{batch} / {t.num_minibatches} = {mini} sequences, so gradient accumulation would be uneven. "
+                f"Use a divisor of {mini}, e.g. trainer.micro_batch_size in {_divisors_near(mini, t.micro_batch_size)}."]
+    return []
+
+
+def check_config(cfg: Config, num_processes: int = 1) -> None:
+    """Every rule, run before any model loads; raises one ConfigError listing every problem.
+
+    The sections' own rules (``Config.problems``), then the rules across sections: the batch
+    split, and, once the global batch is sound, its split over ``num_processes`` ranks.
+    """
+    problems = cfg.problems() + batch_problems(cfg)
+    if not problems:
+        problems += process_problems(cfg, num_processes)
+    if problems:
+        lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
+        raise ConfigError(f"Invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{lines}")
