@@ -260,8 +260,12 @@ def no_question(row: dict, cfg: DataConfig) -> str:
     return f"no column {key!r} (data.question_key); the row has {columns}{hint}"
 
 
-def _check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -> Example:
-    """Return the checked Example, or raise RowError."""
+def check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -> Example:
+    """The checked Example, or RowError: training's row check, which ``rlvr.validate`` runs too.
+
+    Without a processor (``rlvr.validate`` when the processor cannot load) everything but the
+    prompt's token count is checked, and ``prompt_tokens`` stays 0.
+    """
     from rlvr.rewards import GoldParseError, parse_gold
 
     row_id = str(row.get(cfg.id_key) if row.get(cfg.id_key) is not None else loc)
@@ -293,7 +297,7 @@ def _check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -
         except Exception as e:  # PIL raises many types for bad files
             name = ref if isinstance(ref, str) else f"<{type(ref).__name__}>"
             raise RowError("corrupt_image", f"{where}: cannot read image {name}: {e}") from None
-        n_tokens += image_tokens(width, height, processor)
+        n_tokens += image_tokens(width, height, processor) if processor is not None else 0
     placeholders = cfg.prompt_template.replace("{question}", question).count(IMAGE_PLACEHOLDER)
     if placeholders and placeholders != len(images):
         raise RowError("placeholder_mismatch", f"{where}: {placeholders} '<image>' placeholders for {len(images)} images")
@@ -301,6 +305,8 @@ def _check_row(loc: str, row: dict, cfg: DataConfig, processor, base_dir: str) -
              (cfg.question_key, cfg.answer_key, cfg.images_key, cfg.image_key, cfg.id_key)}
     example = Example(id=row_id, question=question, answer=answer, gold=gold, images=images,
                       source=str(row.get(cfg.source_key) or ""), columns=extra)
+    if processor is None:
+        return example
     # Text tokens: the chat-formatted prompt with one placeholder per image, plus what each
     # placeholder expands to.
     text_ids = processor.tokenizer(prompt_text(example, processor, cfg), add_special_tokens=False)["input_ids"]
@@ -326,7 +332,7 @@ def load_examples(paths: list[str], cfg: DataConfig, processor) -> tuple[list[Ex
                 break
             report.total_rows += 1
             try:
-                example = _check_row(loc, row, cfg, processor, base_dir)
+                example = check_row(loc, row, cfg, processor, base_dir)
             except RowError as e:
                 if cfg.strict:
                     raise DataError(f"{e} (data.strict=true; set it to false to skip bad rows)") from None

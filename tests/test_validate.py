@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from rlvr.config import load_config
-from rlvr.validate import FAIL, OK, WARN, estimate_memory, main, preflight, validate_setup
+from rlvr.validate import FAIL, OK, WARN, check_setup, estimate_memory, preflight
+from rlvr.validate.cli import main
 from tests.conftest import save_image, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ def data(tmp_path_factory):
 def run(model, data, tmp_path, *overrides, **kw):
     base = [f"model.name_or_path={model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
             f"output_dir={tmp_path / 'run'}", "trainer.prompts_per_step=4"]
-    return validate_setup(DEMO, base + list(overrides), **kw)
+    return check_setup(DEMO, base + list(overrides), **kw)
 
 
 def lines(report, status=FAIL, section=None):
@@ -71,7 +72,7 @@ def test_config_errors(qwen25_dir, data, tmp_path):
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     report = run(qwen25_dir, data, tmp_path)
     assert any("already holds a run" in m for m in lines(report, section="Config"))
-    missing = validate_setup(str(tmp_path / "nope.yaml"), [])
+    missing = check_setup(str(tmp_path / "nope.yaml"), [])
     assert missing.failed and "nope.yaml" in lines(missing)[0]
 
 

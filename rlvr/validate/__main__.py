@@ -1,0 +1,5 @@
+import sys
+
+from rlvr.validate.cli import main
+
+sys.exit(main())
