@@ -56,8 +56,12 @@ class Evaluator:
     """
 
     def __init__(self, cfg, processor, examples: Sequence[Any], settings: EvalConfig | None = None,
-                 accelerator=None, out_dir: str | None = None):
+                 accelerator=None, out_dir: str | None = None, verifier=None):
+        from rlvr.rewards import verifier_from_config
+
         self.cfg = cfg
+        # the verifier that scores (the trainer's own; else one from the config's reward settings)
+        self.verifier = verifier if verifier is not None else verifier_from_config(cfg.reward)
         self.settings = settings or cfg.eval
         s = self.settings
         if s.k < 1:
@@ -112,13 +116,12 @@ class Evaluator:
     def _evaluate_local(self, model, synced_gpus: bool | None) -> list[tuple[int, dict, list[dict], dict | None]]:
         """(example index, record fields, sampled prediction rows, greedy row) for this rank's prompts."""
         from rlvr.metrics import vote_key
-        from rlvr.rewards import default_verifier
 
         mine, padded = self._slice()
         k = self.settings.k
         per_chunk = max(1, self.rollout.micro_batch_size // k)  # prompts per generate call
         indices = mine + [mine[-1] if mine else 0] * (padded - len(mine))  # padding, dropped below
-        verifier = default_verifier()
+        verifier = self.verifier
         out = []
         for start in range(0, len(indices), per_chunk):
             chunk = indices[start:start + per_chunk]
@@ -321,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlvr.data import DataError, load_examples
     from rlvr.models import load_processor
-    from rlvr.rewards import configure_default_verifier
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = args.out or _default_out(source, args.data)
@@ -337,8 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"data: {skips.summary()}")
-    configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, rel_tol=cfg.reward.rel_tol,
-                               timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
     try:
         model = load_trained(source, cfg.model.dtype, cfg.model.attn_implementation, device,
                               cfg.model.lora)

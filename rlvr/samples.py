@@ -62,17 +62,18 @@ def _spread(pool: list[int], group_size: int, n: int, used: set[int]) -> list[in
 
 
 def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Sequence[str], rewards: Sequence[float],
-                 group_size: int, n: int, answer_extraction: str = "boxed") -> list[SampleRow]:
+                 group_size: int, n: int, verifier=None) -> list[SampleRow]:
     """``SampleRow``s for ``n`` rollouts of one step.
 
     ``examples[i]`` is the ``rlvr.data.Example`` response i answers (one per response,
     prompt-major as ``rlvr.rollout.generate`` returns them), ``responses`` the
     ``rlvr.batch.Response``s (or None), ``texts`` the decoded completions, ``rewards`` the
-    total rewards. The extracted answer and outcome come from the default verifier, run on
-    the chosen few only.
+    total rewards. The extracted answer and outcome come from ``verifier`` (the run's; None:
+    default settings), run on the chosen few only.
     """
     from rlvr.rewards import default_verifier
 
+    verifier = verifier if verifier is not None else default_verifier()
     if not len(examples) == len(texts) == len(rewards) or (responses is not None and len(responses) != len(texts)):
         raise ValueError(f"rollout_rows needs one example, response, text and reward per rollout; got "
                          f"{len(examples)} examples, {len(responses) if responses is not None else '-'} responses, "
@@ -80,7 +81,7 @@ def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Seque
     idx = pick_rollouts(rewards, group_size, n)
     if not idx:
         return []
-    results = default_verifier().verify_batch([texts[i] for i in idx], [examples[i].gold for i in idx])
+    results = verifier.verify_batch([texts[i] for i in idx], [examples[i].gold for i in idx])
     rows = []
     for i, res in zip(idx, results):
         e = examples[i]
@@ -137,13 +138,14 @@ class SampleLogger:
     and training goes on.
     """
 
-    def __init__(self, cfg, wandb_run=None, enabled: bool = True):
+    def __init__(self, cfg, wandb_run=None, enabled: bool = True, verifier=None):
         self.run_dir = cfg.output_dir
         self.every = cfg.log.samples_every
         self.per_step = cfg.log.samples_per_step
         self.last_step = cfg.trainer.max_steps
         self.group_size = cfg.rollout.group_size
-        self.answer_extraction = cfg.reward.answer_extraction
+        self.verifier = verifier  # the run's (None: one with the config's reward settings, made when first needed)
+        self.reward_cfg = cfg.reward
         self.wandb_run = wandb_run
         self.enabled = enabled and self.every > 0 and self.per_step > 0
 
@@ -157,8 +159,11 @@ class SampleLogger:
             return None
         try:
             rewards = [float(r) for r in rewards]
-            rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step,
-                                self.answer_extraction)
+            if self.verifier is None:
+                from rlvr.rewards import verifier_from_config
+
+                self.verifier = verifier_from_config(self.reward_cfg)
+            rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step, self.verifier)
             path = write_sample_page(self.run_dir, step, rows, batch_rewards=rewards)
             if self.wandb_run is not None:
                 log_samples_wandb(self.wandb_run, step, rows)

@@ -137,7 +137,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         from accelerate.utils import set_seed
 
-        from rlvr.rewards import RewardComposer, configure_default_verifier
+        from rlvr.rewards import RewardComposer, verifier_from_config
 
         self.cfg = cfg
         t, m = cfg.trainer, cfg.model
@@ -167,12 +167,13 @@ class Trainer:
             logger.info("train data: %s", self.skips.summary())
         self.sampler = EpochSampler(len(self.examples), t.seed, cfg.data.shuffle)
 
-        configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, rel_tol=cfg.reward.rel_tol,
-                                   timeout_s=cfg.reward.timeout_s, num_workers=cfg.reward.num_workers)
-        self.reward_fn = RewardComposer([(f.name, f.weight) for f in cfg.reward.functions])
+        # One verifier (one worker pool per rank) with the run's settings: training reward,
+        # evaluation and the samples pages all score with it.
+        self.verifier = verifier_from_config(cfg.reward)
+        self.reward_fn = RewardComposer([(f.name, f.weight) for f in cfg.reward.functions], self.verifier)
         val = load_examples(cfg.data.val_files, cfg.data, self.processor)[0] if cfg.data.val_files else []
         self.evaluator = Evaluator(cfg, self.processor, val, accelerator=acc,
-                                   out_dir=os.path.join(cfg.output_dir, "eval"))
+                                   out_dir=os.path.join(cfg.output_dir, "eval"), verifier=self.verifier)
 
         policy = self._load_policy()
         self.stop_ids = stop_token_ids(self.processor, policy)
@@ -333,7 +334,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         total, every = cfg.trainer.max_steps, cfg.checkpoint.every_steps
         tracker = Tracker(cfg, acc.is_main_process, total, self.start_step, wandb_id=self.wandb_id)
-        self.samples = SampleLogger(cfg, tracker.wandb_run, enabled=acc.is_main_process)
+        self.samples = SampleLogger(cfg, tracker.wandb_run, enabled=acc.is_main_process, verifier=self.verifier)
         signals = self.signals
         self.stopped_by: str | None = None
         metrics: dict[str, float] = {}

@@ -40,16 +40,3 @@ def save_image(path, size=(64, 64), colour=(200, 30, 30)) -> str:
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def _restore_default_verifier():
-    """The trainer and evaluator configure the process-wide default verifier from their config
-    (answer_extraction, rel_tol); put the previous one back so no test sees another's settings."""
-    from rlvr.rewards import verifier
-
-    before = verifier._default
-    yield
-    after = verifier._default
-    if after is not before:
-        verifier._default = before
-        if after is not None:
-            after.close()

@@ -63,10 +63,8 @@ def test_cli_predictions_rescore_to_the_same_accuracy(qwen25_dir, val_file, tmp_
 def _setup(model_dir, val_file, *overrides):
     from rlvr.data import load_examples
     from rlvr.models import load_model, load_processor
-    from rlvr.rewards import configure_default_verifier
-
-    cfg = load_config(DEMO, [f"model.name_or_path={model_dir}", f"data.val_files={val_file}", *overrides])
-    configure_default_verifier(answer_extraction=cfg.reward.answer_extraction, num_workers=1)
+    cfg = load_config(DEMO, [f"model.name_or_path={model_dir}", f"data.val_files={val_file}", "reward.num_workers=1",
+                             *overrides])
     processor = load_processor(model_dir, cfg.data.min_pixels, cfg.data.max_pixels)
     examples, _ = load_examples([val_file], cfg.data, processor)
     return cfg, processor, examples, load_model(model_dir, "float32")

@@ -7,8 +7,7 @@ import pytest
 from rlvr.rewards import (
     RewardComposer,
     RewardFunctionError,
-    configure_default_verifier,
-    default_verifier,
+    Verifier,
     load_reward_function,
     numeric_reward,
 )
@@ -134,22 +133,22 @@ def test_composer_rejects_bad_specs(custom):
         RewardComposer([("nope_xyz:fn", 1.0)])
 
 
-def test_numeric_reward_signature_and_results_out():
-    out = []
+def test_numeric_reward_signature_and_the_composers_outcomes():
     rewards = numeric_reward(["\\boxed{1/2}", "The answer is 3.", "7", "I count 7"], ["0.5", "4", "7", "7"],
-                             _results_out=out, image=["ignored"] * 4)
+                             image=["ignored"] * 4)
     assert rewards == [1.0, 0.0, 1.0, 0.0]  # "7" alone is an answer; "I count 7" is reasoning
-    assert [r.outcome for r in out] == ["correct", "wrong", "correct", "no_answer"]
+    composer = RewardComposer([("rlvr.rewards:numeric_reward", 1.0)])
+    total, metrics = composer(["\\boxed{1/2}", "The answer is 3.", "7", "I count 7"], ["0.5", "4", "7", "7"])
+    assert total == [1.0, 0.0, 1.0, 0.0]
+    # correct, wrong, correct, no_answer: the outcomes of the composer's own verifier
+    assert (metrics["reward/correct"], metrics["reward/wrong"], metrics["reward/no_answer"]) == (0.5, 0.25, 0.25)
 
 
-def test_configure_default_verifier():
-    old = default_verifier()
-    try:
-        new = configure_default_verifier(answer_extraction="last_number", rel_tol=1e-3, timeout_s=2.0, num_workers=1)
-        assert default_verifier() is new and new is not old
-        assert numeric_reward(["I count 7", "about 0.3334"], ["7", "1/3"]) == [1.0, 1.0]
-        with pytest.raises(ValueError, match="answer_extraction"):
-            configure_default_verifier(answer_extraction="nope")
-        assert default_verifier() is new  # a bad config leaves the working verifier in place
-    finally:
-        configure_default_verifier()
+def test_the_composer_scores_with_the_verifier_it_is_given():
+    verifier = Verifier(answer_extraction="last_number", rel_tol=1e-3, timeout_s=2.0, num_workers=1)
+    composer = RewardComposer([("rlvr.rewards:numeric_reward", 1.0)], verifier)
+    assert composer.verifier is verifier
+    assert composer(["I count 7", "about 0.3334"], ["7", "1/3"])[0] == [1.0, 1.0]  # its settings, not the defaults
+    assert numeric_reward(["I count 7"], ["7"]) == [0.0]  # the library default (boxed extraction) is untouched
+    with pytest.raises(ValueError, match="answer_extraction"):
+        Verifier(answer_extraction="nope")

@@ -253,11 +253,12 @@ def test_non_main_threads_give_the_same_results(verifier, monkeypatch):
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from rlvr.rewards import configure_default_verifier, default_verifier, numeric_reward
-    configure_default_verifier(num_workers=1)  # as the trainer does from its config
+    from rlvr.rewards import RewardComposer, Verifier
+    verifier = Verifier(num_workers=1)  # as the trainer makes its own from its config
+    composer = RewardComposer([("rlvr.rewards:numeric_reward", 1.0)], verifier)
     cases = json.loads(sys.argv[1])
-    rewards = numeric_reward([c for c, _ in cases], [g for _, g in cases])
-    pids = [w.proc.pid for w in default_verifier().pool._workers]
+    rewards, _ = composer([c for c, _ in cases], [g for _, g in cases])
+    pids = [w.proc.pid for w in verifier.pool._workers]
     print(json.dumps({"rewards": rewards, "workers": pids}))
     """
 )

@@ -10,16 +10,8 @@ sympy are only ever imported inside the verifier's worker processes.
 from rlvr.rewards.compose import RewardComposer, RewardFunctionError, load_reward_function
 from rlvr.rewards.extract import EXTRACTION_POLICIES, extract_answer
 from rlvr.rewards.gold import Gold, GoldParseError, parse_gold
-from rlvr.rewards.verifier import (
-    OUTCOMES,
-    Verifier,
-    VerifyResult,
-    configure_default_verifier,
-    default_verifier,
-    numeric_reward,
-    outcome_metrics,
-    verify_batch,
-)
+from rlvr.rewards.numeric import default_verifier, numeric_reward, outcome_metrics, verifier_from_config, verify_batch
+from rlvr.rewards.verifier import OUTCOMES, Verifier, VerifyResult
 
 __all__ = [
     "EXTRACTION_POLICIES",
@@ -30,12 +22,12 @@ __all__ = [
     "RewardFunctionError",
     "Verifier",
     "VerifyResult",
-    "configure_default_verifier",
     "default_verifier",
     "extract_answer",
     "load_reward_function",
     "numeric_reward",
     "outcome_metrics",
     "parse_gold",
+    "verifier_from_config",
     "verify_batch",
 ]

@@ -16,7 +16,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from rlvr.rewards.verifier import OUTCOMES, numeric_reward, outcome_metrics
+from rlvr.rewards.numeric import numeric_reward, outcome_metrics
+from rlvr.rewards.verifier import OUTCOMES, Verifier
 
 RewardFn = Callable[..., list]
 _RESERVED_NAMES = set(OUTCOMES) | {"has_boxed", "fast_path"}
@@ -91,12 +92,14 @@ class RewardComposer:
 
     ``specs`` are ("module:function", weight) pairs. Calling the composer returns the
     per-completion total and step metrics: ``reward/<function name>`` is the mean
-    (unweighted) reward of each function. When ``rlvr.rewards:numeric_reward`` is one of
-    them, the verifier's ``outcome_metrics`` of that batch are included too
-    (``reward/correct``, ``reward/no_answer``, ``reward/timeout``, ... ``reward/fast_path``).
+    (unweighted) reward of each function. ``rlvr.rewards:numeric_reward`` among them is
+    computed by the composer's own ``verifier`` (the run's settings), and its
+    ``outcome_metrics`` of that batch are included too (``reward/correct``,
+    ``reward/no_answer``, ``reward/timeout``, ... ``reward/fast_path``).
     """
 
-    def __init__(self, specs: Sequence[tuple[str, float]]):
+    def __init__(self, specs: Sequence[tuple[str, float]], verifier: Verifier | None = None):
+        self.verifier = verifier if verifier is not None else Verifier()
         if not specs:
             raise RewardFunctionError("no reward functions given; e.g. [('rlvr.rewards:numeric_reward', 1.0)]")
         terms: list[_Term] = []
@@ -128,9 +131,9 @@ class RewardComposer:
         total = [0.0] * n
         metrics: dict[str, float] = {}
         for term in self.terms:
-            if term.fn is numeric_reward:
-                results: list = []
-                values = term.fn(completions, answers, _results_out=results, **columns)
+            if term.fn is numeric_reward:  # the verifier this composer owns, with its outcomes
+                results = self.verifier.verify_batch(completions, answers)
+                values = [r.reward for r in results]
                 metrics.update(outcome_metrics(results))
             else:
                 values = term.fn(completions, answers, **columns)
