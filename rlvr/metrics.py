@@ -168,11 +168,6 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-def eval_key(row: dict[str, Any]) -> str | None:
-    """The headline eval metric present in a row: ``eval/pass@1``."""
-    return "eval/pass@1" if isinstance(row.get("eval/pass@1"), (int, float)) else None
-
-
 def best_eval(rows: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
     """(step, eval/pass@1) of the best evaluation, the earliest on ties; None if never evaluated."""
     best = None

@@ -132,10 +132,8 @@ class SampleLogger:
     """Every ``log.samples_every`` steps, at step 1 and at the last step (``trainer.max_steps``),
     ``log.samples_per_step`` rollouts to a page and wandb.
 
-    Main process only: the page shows the rollouts this process sampled. Reads
-    ``cfg.log.samples_every`` / ``cfg.log.samples_per_step`` where the config has them
-    (defaults 50 and 4 until it does). Never raises: a failure to write samples is logged
-    and training goes on.
+    Main process only: the page shows the rollouts this process sampled. Never raises: a
+    failure to write samples is logged and training goes on.
     """
 
     def __init__(self, cfg, wandb_run=None, enabled: bool = True, verifier=None):

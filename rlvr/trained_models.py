@@ -130,7 +130,7 @@ def load_trained(source: ModelSource, dtype: str, attn_implementation: str, devi
         state = load_file(source.state_dict_file)
         is_lora = any(".lora_A." in k for k in state)
         if is_lora:
-            if lora is None or not getattr(lora, "rank", 0):
+            if lora is None or not lora.rank:
                 raise ModelNotFound(f"{source.state_dict_file} holds LoRA adapters but the run's config has no "
                                     "model.lora settings to rebuild them; evaluate the run's final/ adapter instead")
             from rlvr.lora import apply_lora

@@ -38,7 +38,7 @@ from rlvr.step_metrics import StepMetrics
 def loss_kwargs(cfg: Config) -> dict:
     """The chosen loss's hyperparameters, taken from ``algorithm.*`` (None = the loss's own default)."""
     a = cfg.algorithm
-    kwargs = {name: getattr(a, name) for name in loss_hyperparameters(a.loss) if getattr(a, name, None) is not None}
+    kwargs = {name: getattr(a, name) for name in loss_hyperparameters(a.loss) if getattr(a, name) is not None}
     kwargs["aggregation"] = a.aggregation or default_aggregation(a.loss)
     if kwargs["aggregation"] == "seq-mean-token-sum-norm":
         kwargs["norm_len"] = cfg.rollout.max_new_tokens  # Dr.GRPO: a constant, the generation budget

@@ -175,36 +175,6 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_stops(qwen25_dir, tmp_path
 # ------------------------------------------------------------------ resuming with a changed config
 
 
-def test_lr_schedule_stays_continuous_when_max_steps_changes():
-    """Cosine from 1 to min_lr_ratio=0.1 over 4 steps; factors by hand: 0.1 + 0.9 * (1 + cos(pi * p)) / 2."""
-    from rlvr.trainer import LRSchedule
-
-    old = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=4)
-    assert [round(old(k), 5) for k in range(5)] == [1.0, 0.86820, 0.55, 0.23180, 0.1]  # p = k / 4
-    # Stopped after step 2 (p = 0.5), resumed with total 6: p goes 0.5 -> 1 over steps 2..6.
-    new = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=6)
-    assert round(new(2), 5) == 0.775  # without the anchor: p = 2/6, the lr would jump up from 0.55 to 0.775 ...
-    new.resume(old.state_dict(), step=2)
-    assert new.anchor == (2, 0.5)
-    # ... with it: 0.55 at the resume step, p = 0.625, 0.75, 0.875, 1.0 after it
-    assert [round(new(k), 5) for k in range(2, 7)] == [0.55, 0.37779, 0.23180, 0.13425, 0.1]
-    # A finished run (step 4 of 4, p = 1) extended to 6 stays at the floor: no jump back up.
-    done = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=6)
-    done.resume(old.state_dict(), step=4)
-    assert [done(k) for k in (4, 5)] == [0.1, 0.1]
-    # Extended twice: the second resume continues the first's anchored schedule (p(4) = 0.75 there).
-    again = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=8)
-    again.resume(new.state_dict(), step=4)
-    assert again.anchor == (4, 0.75) and round(again(4), 5) == round(new(4), 5) == 0.23180
-    # The same length, or a resume still inside the warmup: nothing to adjust.
-    same = LRSchedule("cosine", warmup=0, min_ratio=0.1, total=4)
-    same.resume(old.state_dict(), step=2)
-    assert same.anchor is None and same(3) == old(3)
-    warm = LRSchedule("cosine", warmup=3, min_ratio=0.0, total=10)
-    warm.resume(LRSchedule("cosine", 3, 0.0, 6).state_dict(), step=2)
-    assert warm.anchor is None and warm(2) == 0.75 and warm(3) == 1.0
-
-
 def _run_with_config(tmp_path, step, **changes):
     """A fake run: config.yaml, a complete checkpoint at ``step``; returns the config resumed with ``changes``."""
     from rlvr.config import load_config, save_config

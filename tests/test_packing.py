@@ -5,7 +5,6 @@ import random
 import pytest
 import torch
 
-from rlvr.config import Config
 from rlvr.packing import SampleCosts, micro_batch_cost, pack_by_tokens, sample_costs, split_to_count
 from rlvr.batch import PromptInputs, Response
 
@@ -99,16 +98,3 @@ def test_packing_keeps_every_sample_once_and_the_budget_on_random_batches():
         count = rng.randint(len(micro), n)
         split = split_to_count(micro, count, costs)
         assert len(split) == count and all(split) and [i for m in split for i in m] == flat
-
-
-def test_deepspeed_is_told_one_sample_per_micro_batch_under_a_token_budget():
-    from rlvr.trainer import micro_batching
-
-    cfg = Config()
-    cfg.trainer.prompts_per_step, cfg.rollout.group_size, cfg.trainer.micro_batch_size = 4, 4, 4
-    assert micro_batching(cfg, world=2) == (4, 2)  # 8 sequences per rank: 2 micro-batches of 4
-    cfg.trainer.micro_batch_tokens = 4096
-    assert micro_batching(cfg, world=2) == (1, 8)  # the same 8 samples per optimizer step
-    cfg.trainer.num_minibatches = 3
-    with pytest.raises(ValueError, match="num_minibatches=3 does not divide; pick a num_minibatches that divides 8"):
-        micro_batching(cfg, world=2)
