@@ -38,8 +38,8 @@ $(MIN_STAMP):
 	rm -f $(MIN_VENV)/.installed-*; touch $@
 
 demo-assets: $(STAMP)
-	$(BIN)/python -m rlvr.tools.make_tiny_model --family qwen2_5_vl --out $(DEMO_ASSETS)/model
-	$(BIN)/python -m rlvr.tools.make_demo_data --out $(DEMO_ASSETS)/data
+	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --out $(DEMO_ASSETS)/model
+	$(BIN)/python -m rlvr.devtools.make_demo_data --out $(DEMO_ASSETS)/data
 
 demo: demo-assets
 	$(BIN)/python launch/train.py --config recipes/demo.yaml output_dir=$(DEMO_RUN)

@@ -4,7 +4,7 @@
         [--steps 250] [--recipe recipes/demo.yaml] [--out DIR] [--set KEY=VALUE ...]
 
 Variants are the demo task (``plain``) and its distractor versions from
-``rlvr.tools.make_demo_data`` (``half``: the digit's colour on one half of the image and a
+``rlvr.devtools.make_demo_data`` (``half``: the digit's colour on one half of the image and a
 random colour on the other; ``border``: the digit's colour in a centred square and a random
 colour around it; both with the question worded three ways). One tiny random Qwen2.5-VL
 (``make_tiny_model --family qwen2_5_vl``, the demo's) is shared by every run, and each run is
@@ -47,7 +47,7 @@ def assets(out: str, variants: list[str]) -> dict[str, str]:
     py = sys.executable
     model = os.path.join(out, "model")
     if not os.path.exists(os.path.join(model, "config.json")):
-        rc = _run([py, "-m", "rlvr.tools.make_tiny_model", "--family", "qwen2_5_vl", "--out", model],
+        rc = _run([py, "-m", "rlvr.devtools.make_tiny_model", "--family", "qwen2_5_vl", "--out", model],
                   os.path.join(out, "model.log"))
         if rc:
             sys.exit(f"make_tiny_model failed (exit {rc}); see {out}/model.log")
@@ -56,7 +56,7 @@ def assets(out: str, variants: list[str]) -> dict[str, str]:
         data = os.path.join(out, "data", v)
         if not os.path.exists(os.path.join(data, "train.jsonl")):
             os.makedirs(data, exist_ok=True)
-            rc = _run([py, "-m", "rlvr.tools.make_demo_data", "--out", data, *VARIANTS[v]],
+            rc = _run([py, "-m", "rlvr.devtools.make_demo_data", "--out", data, *VARIANTS[v]],
                       os.path.join(data, "make.log"))
             if rc:
                 sys.exit(f"make_demo_data failed for {v} (exit {rc}); see {data}/make.log")

@@ -31,7 +31,7 @@ def build(args, root: str):
 
     from rlvr.models import load_model, load_processor, stop_token_ids
     from rlvr.batch import PromptInputs
-    from rlvr.tools.make_tiny_model import make_tiny_model
+    from rlvr.devtools.make_tiny_model import make_tiny_model
 
     path = make_tiny_model("qwen2_5_vl", os.path.join(root, "model"), text={
         "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 1024}, vision={"depth": 4})

@@ -6,7 +6,7 @@ One step is a whole RL step on each side: rollout (sample G responses per prompt
 old log-probs, and one optimizer update. Both trainers get the same things:
 
 - the same tiny Qwen2.5-VL with random weights (text hidden 256, 4 layers; vision depth 4),
-  written once to a temporary folder by ``rlvr.tools.make_tiny_model`` and loaded from there
+  written once to a temporary folder by ``rlvr.devtools.make_tiny_model`` and loaded from there
   by both, in float32 with SDPA attention;
 - the same prompts: 448x448 PNGs (256 image tokens each; ``max_pixels`` is raised in both
   processors so the image is not shrunk) and one question, with numeric gold answers;
@@ -407,7 +407,7 @@ def report(s: Settings, times: dict[str, list[dict[str, float]]], facts: dict[st
 def run(s: Settings, tmp: Path, trl_version: str) -> None:
     from transformers import TrainerCallback
 
-    from rlvr.tools.make_tiny_model import make_tiny_model
+    from rlvr.devtools.make_tiny_model import make_tiny_model
 
     text = {"hidden_size": s.hidden, "num_hidden_layers": s.layers, "intermediate_size": 4 * s.hidden}
     make_tiny_model("qwen2_5_vl", str(tmp / "model"), text=text, vision={"depth": s.vision_depth})

@@ -16,14 +16,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"])
 def tiny_model_dir(request, tmp_path_factory) -> str:
-    from rlvr.tools.make_tiny_model import make_tiny_model
+    from rlvr.devtools.make_tiny_model import make_tiny_model
 
     return make_tiny_model(request.param, str(tmp_path_factory.mktemp(request.param)))
 
 
 @pytest.fixture(scope="session")
 def qwen25_dir(tmp_path_factory) -> str:
-    from rlvr.tools.make_tiny_model import make_tiny_model
+    from rlvr.devtools.make_tiny_model import make_tiny_model
 
     return make_tiny_model("qwen2_5_vl", str(tmp_path_factory.mktemp("qwen25")))
 

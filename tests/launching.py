@@ -26,7 +26,7 @@ def env(**extra) -> dict[str, str]:
 
 
 def make_data(out: str, rows: int = 16) -> str:
-    from rlvr.tools.make_demo_data import main as make_demo_data
+    from rlvr.devtools.make_demo_data import main as make_demo_data
 
     make_demo_data(["--out", out, "--train", str(rows), "--val", "4"])
     return out

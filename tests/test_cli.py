@@ -34,7 +34,7 @@ def test_unknown_key_is_a_config_error_naming_the_closest_key():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from rlvr.tools.make_demo_data import main as make_data
+    from rlvr.devtools.make_demo_data import main as make_data
 
     out = tmp_path_factory.mktemp("data")
     make_data(["--out", str(out), "--train", "16", "--val", "4"])

@@ -20,7 +20,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": ROOT}
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "model"
-    subprocess.run([sys.executable, "-m", "rlvr.tools.make_tiny_model", "--family", "qwen2_5_vl", "--out", str(path)],
+    subprocess.run([sys.executable, "-m", "rlvr.devtools.make_tiny_model", "--family", "qwen2_5_vl", "--out", str(path)],
                    check=True, capture_output=True, env=ENV, cwd=ROOT)
     return path
 
@@ -40,7 +40,7 @@ def _train(model, data, out, *overrides):
 @pytest.mark.slow
 def test_demo_recipe_learns_end_to_end(tmp_path, model):
     data, out = tmp_path / "data", tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "rlvr.tools.make_demo_data", "--out", str(data)], check=True,
+    subprocess.run([sys.executable, "-m", "rlvr.devtools.make_demo_data", "--out", str(data)], check=True,
                    capture_output=True, env=ENV, cwd=ROOT)
     rewards = _train(model, data, out, f"data.val_files={data}/val.jsonl")
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -53,7 +53,7 @@ def test_demo_recipe_learns_end_to_end(tmp_path, model):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_demo_recipe_learns_the_distractor_variant_on_two_seeds(tmp_path, model, seed):
     data, out = tmp_path / "data", tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "rlvr.tools.make_demo_data", "--out", str(data), "--distractor", "half",
+    subprocess.run([sys.executable, "-m", "rlvr.devtools.make_demo_data", "--out", str(data), "--distractor", "half",
                     "--phrasings", "3", "--val", "1"], check=True, capture_output=True, env=ENV, cwd=ROOT)
     rewards = _train(model, data, out, "data.val_files=[]", f"trainer.seed={seed}", "checkpoint.save_final_model=false")
     last = sum(rewards[-5:]) / 5

@@ -21,7 +21,7 @@ DEMO = os.path.join(ROOT, "recipes", "demo.yaml")
 
 @pytest.fixture(scope="module")
 def val_file(tmp_path_factory):
-    from rlvr.tools.make_demo_data import main as make_data
+    from rlvr.devtools.make_demo_data import main as make_data
 
     out = tmp_path_factory.mktemp("evaldata")
     make_data(["--out", str(out), "--train", "2", "--val", "8"])

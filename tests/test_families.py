@@ -157,7 +157,7 @@ def test_text_only_batch_runs_vision_tower_in_multi_process_runs(family, monkeyp
 def test_zero3_mixed_modality_does_not_hang(tmp_path):
     """Two ZeRO-3 CPU ranks, rank 0 text-only and rank 1 with images: generate, 3 updates and a
     no-grad pass, for every family (one launch, to pay the start-up once)."""
-    from rlvr.tools.make_tiny_model import FAMILY_NAMES, make_tiny_model
+    from rlvr.devtools.make_tiny_model import FAMILY_NAMES, make_tiny_model
 
     dirs = [make_tiny_model(f, str(tmp_path / f)) for f in FAMILY_NAMES]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from rlvr.config import load_config, check_config
-from rlvr.tools.make_tiny_model import FAMILY_NAMES
+from rlvr.devtools.make_tiny_model import FAMILY_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "qwen*.yaml")))
@@ -37,8 +37,8 @@ def test_every_family_has_a_recipe():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Demo data and one tiny model per family, made on first use."""
-    from rlvr.tools.make_demo_data import main as make_data
-    from rlvr.tools.make_tiny_model import make_tiny_model
+    from rlvr.devtools.make_demo_data import main as make_data
+    from rlvr.devtools.make_tiny_model import make_tiny_model
 
     root = tmp_path_factory.mktemp("recipe-assets")
     make_data(["--out", str(root / "data"), "--train", "8", "--val", "2"])

@@ -37,7 +37,7 @@ def _batch(qwen25_dir, tmp_path):
     from rlvr.config import DataConfig
     from rlvr.data import load_examples
     from rlvr.models import load_processor
-    from rlvr.tools.make_demo_data import main as make_data
+    from rlvr.devtools.make_demo_data import main as make_data
 
     make_data(["--out", str(tmp_path), "--train", "2", "--val", "1"])
     processor = load_processor(qwen25_dir)

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from rlvr.tools.make_demo_data import COLOURS, DISTRACTOR_MIN_DIST, QUESTION, QUESTIONS, main
+from rlvr.devtools.make_demo_data import COLOURS, DISTRACTOR_MIN_DIST, QUESTION, QUESTIONS, main
 
 
 def _rows(out):

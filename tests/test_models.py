@@ -40,7 +40,7 @@ def test_processor_round_trip_and_pixel_limits(qwen25_dir, tmp_path):
 
 def test_make_tiny_model_cli_is_deterministic(tmp_path):
     for out in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "rlvr.tools.make_tiny_model", "--family", "qwen2_vl",
+        subprocess.run([sys.executable, "-m", "rlvr.devtools.make_tiny_model", "--family", "qwen2_vl",
                         "--out", str(tmp_path / out)], check=True, capture_output=True)
     a, b = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):

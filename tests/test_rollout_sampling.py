@@ -118,7 +118,7 @@ def test_responses_do_not_depend_on_batch_composition(qwen25_dir, tmp_path):
     """A prompt's G responses are the same generated alone or with others, in any order."""
     from rlvr.data import load_examples
     from rlvr.models import load_model, load_processor, stop_token_ids
-    from rlvr.tools.make_demo_data import main as make_data
+    from rlvr.devtools.make_demo_data import main as make_data
 
     make_data(["--out", str(tmp_path), "--train", "3", "--val", "1"])
     processor = load_processor(qwen25_dir)

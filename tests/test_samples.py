@@ -229,7 +229,7 @@ def test_training_run_pages_match_its_metrics(qwen25_dir, tmp_path):
     import sys
 
     from rlvr.sample_pages import read_page_summary
-    from rlvr.tools.make_demo_data import main as make_data
+    from rlvr.devtools.make_demo_data import main as make_data
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     make_data(["--out", str(tmp_path / "data"), "--train", "16", "--val", "2"])

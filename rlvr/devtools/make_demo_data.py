@@ -1,7 +1,7 @@
 """Write the demo task: which digit does the colour of the image stand for?
 
-    python -m rlvr.tools.make_demo_data --out runs/demo-assets/data
-    python -m rlvr.tools.make_demo_data --out runs/half --distractor half --phrasings 3
+    python -m rlvr.devtools.make_demo_data --out runs/demo-assets/data
+    python -m rlvr.devtools.make_demo_data --out runs/half --distractor half --phrasings 3
 
 Every row asks the same question, so the answer can only be read from the image: each
 digit (0-4 by default, up to 0-9 with --digits) has its own colour, drawn with a little

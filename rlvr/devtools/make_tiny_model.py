@@ -1,6 +1,6 @@
 """Write a tiny random-weight Qwen-VL model, with its tokenizer and processor, using only local code.
 
-    python -m rlvr.tools.make_tiny_model --family qwen2_5_vl --out runs/tiny-qwen2_5_vl
+    python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --out runs/tiny-qwen2_5_vl
 
 Families: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5 (dense, hybrid linear/full attention).
 The result loads with ``AutoModelForImageTextToText.from_pretrained(DIR)`` and
