@@ -1,9 +1,9 @@
 """The demo learns: a tiny random Qwen2.5-VL reads the digit a colour stands for (slow: minutes).
 
-The demo recipe must also learn a harder variant of its task on more than one seed (the
-digit's colour on half the image, a random colour on the other half, the question worded
-three ways): runs used to stall there with a colour locked onto a wrong digit. The full grid
-(5 seeds, two distractor variants) is ``benchmarks/learning_seeds.py``.
+The demo recipe must also learn a harder variant of its task (the digit's colour in a centred
+square framed by a random colour, the question worded three ways) on a seed where it used to
+stall with a colour locked onto a wrong digit: last-5 reward 0.352 without the entropy bonus,
+0.976 with it. The full grid (5 seeds, two distractor variants) is ``benchmarks/learning_seeds.py``.
 """
 
 import json
@@ -50,12 +50,11 @@ def test_demo_recipe_learns_end_to_end(tmp_path, model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_demo_recipe_learns_the_distractor_variant_on_two_seeds(tmp_path, model, seed):
-    data, out = tmp_path / "data", tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "rlvr.devtools.make_demo_data", "--out", str(data), "--distractor", "half",
+def test_demo_recipe_learns_a_distractor_variant_where_it_used_to_stall(tmp_path, model):
+    data, out, seed = tmp_path / "data", tmp_path / "run", 3
+    subprocess.run([sys.executable, "-m", "rlvr.devtools.make_demo_data", "--out", str(data), "--distractor", "border",
                     "--phrasings", "3", "--val", "1"], check=True, capture_output=True, env=ENV, cwd=ROOT)
     rewards = _train(model, data, out, "data.val_files=[]", f"trainer.seed={seed}", "checkpoint.save_final_model=false")
     last = sum(rewards[-5:]) / 5
-    print(f"distractor variant, seed {seed}: last 5 steps {last:.3f}")
+    print(f"border distractor, seed {seed}: last 5 steps {last:.3f}")
     assert last >= 0.6, f"seed {seed}: the demo recipe stalled on the distractor variant (last-5 mean reward {last:.3f})"
