@@ -8,6 +8,7 @@ import torch
 from rlvr.config import DataConfig, RolloutConfig
 from rlvr.batch import encode_prompt
 from rlvr.rollout import SeededSampling, generate, mix_seed, response_seeds, uniform_noise
+from rlvr.rollout.sampling import uniform_from_bits
 
 
 def test_mix_seed_is_stable_and_spreads():
@@ -89,10 +90,28 @@ def test_uniform_noise_is_splitmix64_of_seed_position_and_token():
     golden, mask = 0x9E3779B97F4A7C15, (1 << 64) - 1
     seed, position, vocab = 987654321987654321, 3, 5
     key = _splitmix_reference((_splitmix_reference(seed) + (position + 1) * golden) & mask)
-    expected = [((_splitmix_reference((key + (v + 1) * golden) & mask) >> 40) + 0.5) / 2**24 for v in range(vocab)]
+    expected = [((_splitmix_reference((key + (v + 1) * golden) & mask) >> 12) + 0.5) / 2**52 for v in range(vocab)]
     got = uniform_noise(torch.tensor([seed]), position, vocab)[0]
-    assert got.tolist() == pytest.approx(expected, abs=0, rel=1e-7)
+    assert got.dtype == torch.float64 and got.tolist() == expected  # exact: 52 bits fit a double
     assert 0 < got.min() and got.max() < 1
+
+
+def test_uniforms_stay_strictly_inside_0_1_at_the_extreme_bits():
+    """The largest and smallest bit patterns: a uniform of exactly 1 would be +inf Gumbel noise."""
+    extreme = uniform_from_bits(torch.tensor([0, (1 << 52) - 1]))
+    assert extreme[0] > 0 and extreme[1] < 1
+    assert torch.isfinite(-torch.log(-torch.log(extreme))).all()
+
+
+def test_a_token_outside_the_distribution_is_never_chosen_whatever_its_noise(monkeypatch):
+    import rlvr.rollout.sampling as sampling
+
+    logits = torch.log(torch.tensor([[0.6, 0.4, 0.0]]))  # token 2 suppressed (-inf)
+    # noise that would pick token 2 if it counted: u = 1 gives +inf there
+    monkeypatch.setattr(sampling, "uniform_noise", lambda seeds, position, vocab: torch.tensor([[0.5, 0.5, 1.0]],
+                                                                                                 dtype=torch.float64))
+    sampler = SeededSampling([1])
+    assert sampler(None, logits).argmax(-1).item() == 0  # the likelier allowed token, not the suppressed one
 
 
 def test_recorded_logprob_is_of_the_distribution_sampled_from():

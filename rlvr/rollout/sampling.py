@@ -69,8 +69,17 @@ def uniform_noise(seeds: torch.Tensor, position: int, vocab: int) -> torch.Tenso
     step = ((position + 1) * _GOLDEN + 2**63) % 2**64 - 2**63  # as int64, wrapped like the tensors
     key = _mix64(_mix64(seeds) + step)  # [b]: one stream per (seed, position)
     tokens = torch.arange(1, vocab + 1, device=seeds.device, dtype=torch.int64) * _GOLDEN  # [V]
-    bits = _shift_right(_mix64(key[:, None] + tokens), 40)  # [b, V]: the top 24 bits
-    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+    return uniform_from_bits(_shift_right(_mix64(key[:, None] + tokens), 12))  # [b, V] from the top 52 bits
+
+
+def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """52-bit integers -> float64 uniforms strictly inside (0, 1): (bits + 1/2) / 2**52.
+
+    float64 has 53 significant bits, so the largest value, 1 - 2**-53, is exact and below 1.
+    (With 24 bits in float32 it rounded to exactly 1.0, a Gumbel noise of +inf: that token was
+    chosen whatever its probability, about once per 100 tokens at a 152k vocabulary.)
+    """
+    return (bits.double() + 0.5) * (1.0 / (1 << 52))
 
 
 class SeededSampling:
@@ -120,8 +129,10 @@ class SeededSampling:
         if self.greedy:
             chosen = logp.argmax(-1)  # [b]
         else:
-            uniform = uniform_noise(self.seeds.to(scores.device), self.position, scores.shape[-1])  # [b, V]
-            chosen = (logp - torch.log(-torch.log(uniform))).argmax(-1)  # [b]
+            uniform = uniform_noise(self.seeds.to(scores.device), self.position, scores.shape[-1])  # [b, V] fp64
+            noisy = logp.double() - torch.log(-torch.log(uniform))  # [b, V]
+            # a token outside the distribution (filtered, suppressed) is never chosen, whatever its noise
+            chosen = noisy.masked_fill(logp == float("-inf"), float("-inf")).argmax(-1)  # [b]
         self.logprobs.append(logp.gather(-1, chosen[:, None]).squeeze(-1))
         self.position += 1
         out = torch.full_like(scores, float("-inf"))
