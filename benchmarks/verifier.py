@@ -156,28 +156,26 @@ def mixed_set(rng: random.Random, n: int, group: int = 8) -> tuple[list[str], li
     return completions[:n], golds[:n]
 
 
-def latex_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
-    """Worst case: every answer needs math-verify and (almost) none repeats."""
+def _distinct_set(rng: random.Random, n: int, make_answer) -> tuple[list[str], list[str]]:
+    """``n`` completions whose answers (almost) never repeat: half right, half another draw."""
     completions, golds = [], []
     for _ in range(n):
-        answer, gold = latex_answer(rng)
+        answer, gold = make_answer(rng)
         if rng.random() < 0.5:
-            answer, _ = latex_answer(rng)
+            answer, _ = make_answer(rng)
         completions.append(completion(rng, answer))
         golds.append(gold)
     return completions, golds
+
+
+def latex_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
+    """Closed forms and LaTeX (the fast path evaluates them), none repeating."""
+    return _distinct_set(rng, n, latex_answer)
 
 
 def slow_set(rng: random.Random, n: int) -> tuple[list[str], list[str]]:
     """Worst case: every answer needs math-verify and (almost) none repeats."""
-    completions, golds = [], []
-    for _ in range(n):
-        answer, gold = slow_answer(rng)
-        if rng.random() < 0.5:
-            answer, _ = slow_answer(rng)
-        completions.append(completion(rng, answer))
-        golds.append(gold)
-    return completions, golds
+    return _distinct_set(rng, n, slow_answer)
 
 
 def time_ours(verifier: Verifier, completions: list[str], golds: list[str], batch: int = 256):
