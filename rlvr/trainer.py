@@ -174,6 +174,8 @@ class Trainer:
         val = load_examples(cfg.data.val_files, cfg.data, self.processor)[0] if cfg.data.val_files else []
         self.evaluator = Evaluator(cfg, self.processor, val, accelerator=acc,
                                    out_dir=os.path.join(cfg.output_dir, "eval"), verifier=self.verifier)
+        # sample pages from step() on; train() adds the wandb run once the tracker has one
+        self.samples = SampleLogger(cfg, enabled=acc.is_main_process, verifier=self.verifier)
 
         policy = self._load_policy()
         self.stop_ids = stop_token_ids(self.processor, policy)
@@ -334,7 +336,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         total, every = cfg.trainer.max_steps, cfg.checkpoint.every_steps
         tracker = Tracker(cfg, acc.is_main_process, total, self.start_step, wandb_id=self.wandb_id)
-        self.samples = SampleLogger(cfg, tracker.wandb_run, enabled=acc.is_main_process, verifier=self.verifier)
+        self.samples.wandb_run = tracker.wandb_run
         signals = self.signals
         self.stopped_by: str | None = None
         metrics: dict[str, float] = {}
