@@ -36,7 +36,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_gumbel_max_draws_follow_the_filtered_distribution(name):
+def test_draws_follow_the_filtered_distribution(name):
     kw, expected = EXPECTED[name]
     expected = torch.tensor(expected)
     n = 20000

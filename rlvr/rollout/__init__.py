@@ -1,6 +1,6 @@
 """Rollouts: sample G responses per prompt, keeping what is needed to recompute log-probs exactly.
 
-- ``sampling``: per-response seeds, counter-based Gumbel noise, the sampling logits processor;
+- ``sampling``: per-response seeds, counter-based uniforms, the sampling logits processor;
 - ``hf``: the HF engine, transformers' ``generate`` with group-shared prefill.
 
 The records a rollout produces (``PromptInputs``, ``Response``) and their batches live in
