@@ -88,12 +88,13 @@ def inverse_cdf(logp: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     Computed in float64; a token with zero probability has an empty interval and is never
     chosen, also where rounding puts u at the very top (then the last token with mass is).
     """
-    probs = logp.double().exp()  # [b, V]; exactly 0 outside the distribution
-    cdf = probs.cumsum(-1)  # [b, V]
-    target = (uniform.to(cdf.device, torch.float64) * cdf[:, -1])[:, None]  # [b, 1]
-    chosen = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [b]: first index with cdf > target
-    last_with_mass = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)  # [b]
-    return torch.minimum(chosen, last_with_mass)
+    cdf = logp.double().exp().cumsum(-1)  # [b, V]; flat over tokens outside the distribution
+    total = cdf[:, -1:]  # [b, 1]
+    # below the total even where rounding puts u * total at it: the first index whose cdf
+    # exceeds the target is then at most the last token with mass, and always one with mass
+    target = torch.minimum(uniform.to(cdf.device, torch.float64)[:, None] * total,
+                           torch.nextafter(total, torch.zeros_like(total)))  # [b, 1]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [b]: first index with cdf > target
 
 
 class SeededSampling:
