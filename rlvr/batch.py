@@ -25,6 +25,9 @@ class PromptInputs:
     mm_token_type_ids: torch.Tensor  # [P]; 0 text, 1 image
     pixel_values: torch.Tensor | None  # [N_patches, D]
     image_grid_thw: torch.Tensor | None  # [N_images, 3]
+    # The images as opened (PIL), in order, for engines that process images themselves (vLLM);
+    # pixel_values are these through the run's processor.
+    images: list | None = None
 
 
 @dataclass
@@ -36,6 +39,11 @@ class Response:
     logprobs: torch.Tensor  # [R], log-probs of the distribution sampled from (``rlvr.rollout.sampling``)
     finished: bool  # ended with a stop token (False: cut at max_new_tokens)
 
+    @property
+    def finish_reason(self) -> str:
+        """"stop" (ended with a stop token) or "length" (cut at max_new_tokens)."""
+        return "stop" if self.finished else "length"
+
 
 def encode_prompt(example: Example, processor, cfg: DataConfig) -> PromptInputs:
     text = prompt_text(example, processor, cfg)
@@ -46,6 +54,30 @@ def encode_prompt(example: Example, processor, cfg: DataConfig) -> PromptInputs:
         mm_token_type_ids=enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else torch.zeros_like(enc["input_ids"][0]),
         pixel_values=enc.get("pixel_values"),
         image_grid_thw=enc.get("image_grid_thw"),
+        images=images,
+    )
+
+
+def continue_prompt(prompt: PromptInputs, response_ids: torch.Tensor, appended: PromptInputs) -> PromptInputs:
+    """The conversation so far as one prompt: ``prompt``, the model's own tokens, then ``appended``.
+
+    ``response_ids`` are the sampled token ids as they are (never decoded and re-tokenised);
+    ``appended`` is what follows them, processed by the run's processor (e.g. the end of the
+    turn, a tool's result with its images, the start of the next assistant turn). Its images
+    come after the prompt's, as their placeholders do.
+    """
+    def cat(a, b):
+        return b if a is None else a if b is None else torch.cat([a, b])
+
+    response_ids = response_ids.to(prompt.input_ids.dtype)
+    images = (prompt.images or []) + (appended.images or [])
+    return PromptInputs(
+        input_ids=torch.cat([prompt.input_ids, response_ids, appended.input_ids]),
+        mm_token_type_ids=torch.cat([prompt.mm_token_type_ids, torch.zeros_like(response_ids),
+                                     appended.mm_token_type_ids.to(prompt.mm_token_type_ids.dtype)]),
+        pixel_values=cat(prompt.pixel_values, appended.pixel_values),
+        image_grid_thw=cat(prompt.image_grid_thw, appended.image_grid_thw),
+        images=images or None,
     )
 
 

@@ -21,13 +21,14 @@ from rlvr.config.loader import COMMAND_LINE, parse_cli
 from rlvr.config.schema import (AGGREGATIONS, ANSWER_EXTRACTIONS, ATTN_IMPLEMENTATIONS, DATA_FORMATS, DTYPES,
                                 LORA_TARGETS, LOSS_NAMES, LR_SCHEDULES, AlgorithmConfig, CheckpointConfig, Config,
                                 ConfigError, DataConfig, EvalConfig, LogConfig, LoraConfig, ModelConfig, Problems,
-                                RewardConfig, RewardFunctionConfig, RolloutConfig, TrainerConfig)
+                                RewardConfig, RewardFunctionConfig, RolloutConfig, RolloutCorrectionConfig, TrainerConfig,
+                                VLLMConfig)
 
 __all__ = [
     "AGGREGATIONS", "ANSWER_EXTRACTIONS", "ATTN_IMPLEMENTATIONS", "COMMAND_LINE", "DATA_FORMATS", "DTYPES",
     "LORA_TARGETS", "LOSS_NAMES", "LR_SCHEDULES", "AlgorithmConfig", "CheckpointConfig", "Config", "ConfigError",
     "DataConfig", "EvalConfig", "LogConfig", "LoraConfig", "ModelConfig", "Problems", "RewardConfig",
-    "RewardFunctionConfig", "RolloutConfig", "TrainerConfig", "all_keys", "batch_problems", "check_config",
+    "RewardFunctionConfig", "RolloutConfig", "RolloutCorrectionConfig", "TrainerConfig", "VLLMConfig", "all_keys", "batch_problems", "check_config",
     "config_to_dict", "field_help", "help_config", "load_config", "parse_cli", "process_problems", "save_config",
 ]
 

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-
-class Problems(list):
-    """Messages about a config; ``require`` adds one when a rule does not hold."""
-
-    def require(self, ok: bool, message: str) -> None:
-        if not ok:
-            self.append(message)
-
-    def one_of(self, key: str, value: Any, allowed: tuple) -> None:
-        self.require(value in allowed, f"{key}={value!r} is not supported; choose one of "
-                                       f"{', '.join(map(str, allowed))}.")
+from rlvr.config.engines import ENGINES, RolloutCorrectionConfig, VLLMConfig
+from rlvr.config.problems import ConfigError, Problems  # noqa: F401 (re-exported)
 
 
 # The choices of algorithm.loss and algorithm.aggregation. rlvr.losses registers the losses by
@@ -35,10 +25,6 @@ DATA_FORMATS = ("auto", "jsonl", "disk", "parquet", "hub")
 LR_SCHEDULES = ("constant", "cosine")
 ANSWER_EXTRACTIONS = ("boxed", "last_number")
 COMMAND_LINE = "command line"  # the source named in errors about `key=value` overrides
-
-
-class ConfigError(ValueError):
-    """A config problem a person has to fix; the message says what, where and how."""
 
 
 # Every linear layer of the language model (attention, MLP, and linear-attention projections;
@@ -154,9 +140,14 @@ class RolloutConfig:
     # model's 16-bit size free on each GPU). false generates through the partitioned weights,
     # gathering every layer again for every token: no extra memory, but many times slower.
     zero3_gather_weights: bool = True
+    # hf: transformers generate in the training process (the reference) | vllm: a colocated vLLM
+    # engine per process (pip install 'rlvr[vllm]'; README, Rollout engines)
+    engine: str = "hf"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # rollout.engine=vllm only
 
     def problems(self) -> Problems:
         p = Problems()
+        p.one_of("rollout.engine", self.engine, ENGINES)
         p.require(self.group_size >= 2, f"rollout.group_size={self.group_size}: group-normalised advantages compare "
                   "each response with the others for the same prompt, so a group needs at least 2. Set "
                   "rollout.group_size=2 or more (8 is typical).")
@@ -170,7 +161,7 @@ class RolloutConfig:
                                               "(sequences per generate call).")
         p.require(0 <= self.min_new_tokens <= self.max_new_tokens, f"rollout.min_new_tokens={self.min_new_tokens} "
                   f"must be between 0 and rollout.max_new_tokens={self.max_new_tokens}.")
-        return p
+        return p + self.vllm.problems()
 
 
 @dataclass
@@ -220,6 +211,8 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     scale_by_std: bool = True  # divide advantages by the group's reward std
     adv_eps: float = 1e-6  # added to the group std before dividing
+    # importance weights for the gap between the sampling engine and the training forward
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
 
     def problems(self) -> Problems:
         p = Problems()
@@ -232,7 +225,7 @@ class AlgorithmConfig:
         for key, tau in (("algorithm.tau_pos", self.tau_pos), ("algorithm.tau_neg", self.tau_neg)):
             p.require(tau is None or tau > 0, f"{key}={tau} must be > 0: SAPO's gate is sigmoid(tau * (ratio - 1)) "
                                               "* 4 / tau. Use e.g. 1.0, or null for the loss's own.")
-        return p
+        return p + self.rollout_correction.problems()
 
 
 @dataclass

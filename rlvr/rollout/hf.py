@@ -8,12 +8,15 @@ transformers runs its greedy loop; the sampling itself is ``rlvr.rollout.samplin
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rlvr.batch import PromptInputs, Response, collate_prompts
 from rlvr.config import RolloutConfig
 from rlvr.models import never_sample_ids
 from rlvr.multimodal import cache_kwarg, mrope_positions
+from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.sampling import SeededSampling, mix_seed, sampling_config
 
 
@@ -106,3 +109,39 @@ def generate(model, prompts: list[PromptInputs], cfg: RolloutConfig, stop_ids: l
             length = int(is_stop.nonzero()[0, 0]) + 1 if finished else len(tokens)
             out.append(Response(prompt_index, tokens[:length].clone(), logprobs[row, :length].clone(), finished))
     return out
+
+
+class HFEngine(RolloutEngine):
+    """transformers' ``generate`` on the training process's own policy: the default and the reference.
+
+    ``policy`` is a transformers model, or a function returning a context manager that yields
+    ``(model, synced_gpus)`` for one rollout (the trainer's: under ZeRO-3 it gathers the
+    weights, see ``rlvr.distributed.generation_model``). It samples from the live weights,
+    so ``sync_weights`` has nothing to do. The model is in eval mode while it generates
+    and gets its mode back afterwards.
+    """
+
+    name = "hf"
+
+    def __init__(self, settings: RolloutConfig, stop_ids: list[int], pad_id: int, policy):
+        super().__init__(settings, stop_ids, pad_id)
+        self.policy = policy
+
+    @contextlib.contextmanager
+    def _model(self):
+        if not callable(self.policy) or isinstance(self.policy, torch.nn.Module):
+            yield self.policy, None
+            return
+        with self.policy() as (model, synced_gpus):
+            yield model, synced_gpus
+
+    def generate(self, prompts: list[PromptInputs], seeds: list[int] | None = None, *,
+                 settings: RolloutConfig | None = None, greedy: bool = False) -> list[Response]:
+        with self._model() as (model, synced_gpus):
+            was_training = model.training
+            model.eval()
+            try:
+                return generate(model, prompts, settings or self.settings, self.stop_ids, self.pad_id,
+                                greedy=greedy, seeds=seeds, synced_gpus=synced_gpus)
+            finally:
+                model.train(was_training)
