@@ -56,7 +56,8 @@ class RolloutEngine(ABC):
     def sync_weights(self, model) -> SyncReport | None:
         """Make the next samples come from ``model``'s current weights (after an update).
 
-        ``model`` is the policy as the trainer holds it (accelerate's prepared module).
+        ``model`` is the policy as a transformers (or peft) model, unwrapped from accelerate; under
+        ZeRO-3 its parameters are partitioned and the engine gathers them a few at a time.
         Returns what was moved, or None when the engine samples from the live model itself.
         """
         return None
