@@ -44,22 +44,25 @@ class VLLMConfig:
 @dataclass
 class RolloutCorrectionConfig:
     # Importance weights w_t = pi_old(o_t) / pi_rollout(o_t) between the policy the update starts
-    # from and the engine that sampled (README, Rollout engines). auto = token_truncate with
-    # rollout.engine=vllm, off with hf (its samples are the training forward's to ~1e-6) |
-    # off | token_truncate (loss term x min(w_t, cap)) | token_mask (tokens with w_t outside
-    # [mask_low, mask_high] dropped) | sequence_truncate / sequence_mask (the same on one
-    # weight per response, the geometric mean of its token weights)
+    # from and the engine that sampled; each token's loss term is multiplied by the weight
+    # (rlvr.correction; README, Rollout engines). auto = token_truncate with rollout.engine=vllm,
+    # off with hf (its samples are the training forward's to ~1e-6) | off | token_truncate (term x
+    # min(w_t, cap)) | token_mask (term x w_t, or 0 when w_t is outside [mask_low, mask_high]) |
+    # sequence_truncate / sequence_mask (the same with one weight per response: the geometric
+    # mean of its token weights, not their product, so the bounds do not depend on the length)
     mode: str = "auto"
-    cap: float = 2.0  # truncation bound C of the *_truncate modes
-    mask_low: float = 0.5  # lower bound of the *_mask modes
-    mask_high: float = 2.0  # upper bound of the *_mask modes
+    cap: float = 2.0  # upper bound C of the *_truncate modes (TRL's and verl's default C = 2)
+    # lower bound of the *_mask modes, inclusive (verl's default is 1 / upper). A response's
+    # geometric mean stays near 1, so sequence_mask wants tight bounds, e.g. 0.98 and 1.02
+    mask_low: float = 0.5
+    mask_high: float = 2.0  # upper bound of the *_mask modes, inclusive
 
     def problems(self) -> Problems:
         p = Problems()
         p.one_of("algorithm.rollout_correction.mode", self.mode, CORRECTION_MODES)
-        p.require(self.cap >= 1, f"algorithm.rollout_correction.cap={self.cap} must be >= 1: below 1 it would "
-                  "shrink even tokens both policies agree on (w = 1). 2.0 is typical.")
-        p.require(0 <= self.mask_low < 1 < self.mask_high, f"algorithm.rollout_correction.mask_low="
-                  f"{self.mask_low} and mask_high={self.mask_high} must satisfy 0 <= mask_low < 1 < mask_high, "
-                  "so a token both policies agree on (w = 1) is kept.")
+        p.require(1 <= self.cap < float("inf"), f"algorithm.rollout_correction.cap={self.cap} must be >= 1 and "
+                  "finite: below 1 it would shrink even tokens both policies agree on (w = 1). 2.0 is typical.")
+        p.require(0 <= self.mask_low < 1 < self.mask_high < float("inf"), f"algorithm.rollout_correction.mask_low="
+                  f"{self.mask_low} and mask_high={self.mask_high} must satisfy 0 <= mask_low < 1 < mask_high "
+                  "(finite), so a token both policies agree on (w = 1) is kept. 0.5 and 2.0 are typical per token.")
         return p
