@@ -1,6 +1,12 @@
 """Seconds per RL step: rlvr's Trainer against TRL's GRPOTrainer (loss_type="sapo") on one fixed workload.
 
     .venv/bin/python benchmarks/step_vs_trl.py [--warmup 1] [--steps 5] [--threads N] [--quick]
+    .venv-vllm/bin/python benchmarks/step_vs_trl.py --engine vllm --threads 1 [--new-tokens 256]
+
+``--engine`` is rlvr's rollout engine (``rollout.engine``): ``hf`` (transformers' generate, the
+default) or ``vllm`` (a colocated vLLM engine, sent the policy's weights after every update).
+TRL always samples with its default, transformers' generate (``use_vllm=False``): the
+comparison is rlvr as a user runs it against TRL as a user runs it out of the box.
 
 One step is a whole RL step on each side: rollout (sample G responses per prompt), reward,
 old log-probs, and one optimizer update. Both trainers get the same things:
@@ -43,11 +49,27 @@ checked and printed: sequences, response lengths, prompt and image tokens, rewar
 Everything runs on CPU (CUDA is hidden) with ``--threads`` torch threads (default: all cores).
 The two trainers share accelerate's process-wide state; with one micro-batch per optimizer
 step on both sides, that sharing changes nothing.
+
+With ``--engine vllm`` both trainers run in one process of the vLLM environment
+(``.venv-vllm``: vLLM's CPU wheel pins transformers below the main environment's; TRL
+1.16 installs there without moving torch, transformers or vLLM: ``pip install trl==1.16.0
+datasets``). One process and one transformers for both is the fair and simple choice: the
+TRL side and the rlvr side load the same model with the same library, take turns on the
+same cores, and get the same thread count. ``OMP_NUM_THREADS`` is set to ``--threads``
+before torch is imported, so vLLM's OpenMP kernels use as many threads as torch's, and
+torch's own count is set again before every step of either trainer (vLLM's CPU worker
+may change it; the report says if it did). With 2 threads on a 2-core machine shared with
+other work vLLM's decode times swing by 10x (issue 14), so the vLLM figures are taken with
+``--threads 1``, for both sides. rlvr's phases then include ``sync``, the weight sync to
+the engine after each update (``time/sync_s``; TRL's generate samples from the live weights
+and has none). vLLM's engine starts (and compiles, unless ``rollout.vllm.enforce_eager``)
+in the Trainer's constructor and on its first generate: the warm-up step is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -74,12 +96,17 @@ class Settings:
     steps: int = 5  # timed steps per trainer
     lr: float = 1e-5
     threads: int = 0  # torch threads; 0 = all cores
+    engine: str = "hf"  # rlvr's rollout.engine: hf | vllm
+    extra: tuple[str, ...] = ()  # more rlvr config overrides, key=value (--rlvr, repeatable)
 
 
 # --quick: small enough for a smoke test to finish in well under a minute.
 QUICK = {"group_size": 4, "prompts": 1, "new_tokens": 8, "image_size": 112, "hidden": 64, "layers": 2,
          "vision_depth": 2, "warmup": 0, "steps": 1}
 
+ENGINES = ("hf", "vllm")
+HEADS = 4  # attention heads of rlvr.devtools.make_tiny_model's text model
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 QUESTION = "How many rectangles are in the image? Put your final answer, a single number, in \\boxed{}."
 
 
@@ -87,16 +114,28 @@ def parse_args(argv: list[str] | None) -> Settings:
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"tiny sizes, one step: {QUICK}")
+    parser.add_argument("--rlvr", action="append", default=[], metavar="KEY=VALUE",
+                        help="another rlvr config override (repeatable), e.g. rollout.vllm.enforce_eager=true")
     for name, value in asdict(defaults).items():
+        if name == "extra":
+            continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
-                            help=f"default {value}" + (" (all cores)" if name == "threads" else ""))
+                            help=f"default {value}" + (" (all cores)" if name == "threads" else "")
+                            + (f" ({' | '.join(ENGINES)})" if name == "engine" else ""))
     args = parser.parse_args(argv)
-    chosen = {**asdict(defaults), **(QUICK if args.quick else {})}
+    chosen = {k: v for k, v in asdict(defaults).items() if k != "extra"} | (QUICK if args.quick else {})
+    if args.quick and args.engine == "vllm":
+        chosen["hidden"] = 128  # head size 32: vLLM's CPU attention has no kernel for QUICK's 16
     chosen.update({k: v for k, v in vars(args).items() if k in chosen and v is not None})
-    s = Settings(**chosen)
+    s = Settings(**chosen, extra=tuple(args.rlvr))
     if s.image_size % 28:
         parser.error(f"--image-size {s.image_size} must be a multiple of 28 (14-px patches merged 2x2) "
                      "so the processor does not resize it")
+    if s.engine not in ENGINES:
+        parser.error(f"--engine {s.engine!r}: choose one of {', '.join(ENGINES)}")
+    if s.engine == "vllm" and s.hidden // HEADS not in VLLM_CPU_HEAD_SIZES:
+        parser.error(f"--hidden {s.hidden} gives attention heads of {s.hidden // HEADS} (the model has {HEADS} "
+                     f"heads); vLLM's CPU attention needs a head size in {VLLM_CPU_HEAD_SIZES}: try --hidden 256")
     if s.group_size < 2 or s.prompts < 1 or s.new_tokens < 1 or s.steps < 1 or s.warmup < 0:
         parser.error("need --group-size >= 2, --prompts >= 1, --new-tokens >= 1, --steps >= 1, --warmup >= 0")
     s.threads = s.threads or os.cpu_count() or 1
@@ -154,6 +193,8 @@ def rlvr_overrides(s: Settings, tmp: Path) -> list[str]:
         "rollout.top_k=0",
         "algorithm.loss=sapo",
         "algorithm.kl_coef=0.0",
+        "algorithm.tau_pos=1.0",  # SAPO's own defaults, set explicitly: TRL is given the same
+        "algorithm.tau_neg=1.05",
         f"trainer.prompts_per_step={s.prompts}",
         "trainer.num_minibatches=1",
         f"trainer.micro_batch_size={batch}",
@@ -167,6 +208,10 @@ def rlvr_overrides(s: Settings, tmp: Path) -> list[str]:
         "log.progress_bar=false",
         "log.samples_every=0",
         "log.plots=false",
+        f"rollout.engine={s.engine}",
+        # vLLM: every sequence of the step decoded together (the HF engine's one generate call)
+        *([f"rollout.vllm.max_num_seqs={batch}"] if s.engine == "vllm" else []),
+        *s.extra,
     ]
 
 
@@ -276,13 +321,29 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # fp32 on CPU for both, whatever the machine has
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "disabled")
+    # Before torch is imported: OpenMP's pool (torch's and vLLM's CPU kernels) gets --threads too.
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if omp is not None and omp != str(s.threads):
+        print(f"note: OMP_NUM_THREADS={omp} replaced by --threads {s.threads}, so both trainers get the same")
+    os.environ["OMP_NUM_THREADS"] = str(s.threads)
     import torch
 
     torch.set_num_threads(s.threads)
+    from rlvr.rollout.vllm_env import patch_broken_torchvision, prepare
+
+    if s.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise SystemExit("--engine vllm: vLLM is not importable here; run the benchmark with the vLLM "
+                             "environment's Python (.venv-vllm/bin/python; pip install 'rlvr[vllm]')")
+        prepare()  # vLLM's environment variables, before vLLM is imported
+    # In the vLLM environment, torchvision (a CUDA build) is importable only after this; TRL's
+    # and transformers' Trainer import it, whichever engine rlvr uses. Elsewhere: nothing to do.
+    patch_broken_torchvision()
     try:
         import trl
     except ImportError as e:
-        raise SystemExit(f"TRL is not importable ({e}); install it with: pip install -e '.[bench]'") from None
+        raise SystemExit(f"TRL is not importable ({e}); install it with: pip install -e '.[bench]' "
+                         "(in the vLLM environment: pip install trl==1.16.0 datasets)") from None
 
     with tempfile.TemporaryDirectory(prefix="rlvr-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -291,16 +352,37 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_rlvr(s: Settings, tmp: Path):
     """rlvr's Trainer on the demo recipe resized to the workload; returns (trainer, its config)."""
-    from rlvr.config import load_config, validate
+    from rlvr.config import check_config, load_config
     from rlvr.samples import SampleLogger
     from rlvr.trainer import Trainer
 
     cfg = load_config(ROOT / "recipes" / "demo.yaml", rlvr_overrides(s, tmp))
-    validate(cfg)
+    check_config(cfg)
     trainer = Trainer(cfg)
     trainer.samples = SampleLogger(cfg, None, enabled=False)  # step() logs samples; train() usually makes this
     record_rlvr_update(trainer)
     return trainer, cfg
+
+
+class ThreadGuard:
+    """Keeps torch's thread count at ``--threads`` for both trainers, and says if a step changed it
+    (vLLM's CPU worker may set its own): ``check`` after a trainer's step restores the count."""
+
+    def __init__(self, threads: int):
+        self.threads, self.changed = threads, []
+
+    def check(self, name: str, step: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != self.threads:
+            self.changed.append(f"{name} step {step + 1}: {torch.get_num_threads()}")
+            torch.set_num_threads(self.threads)
+
+    def report(self) -> None:
+        if self.changed:
+            print(f"torch threads changed during a step and were reset to {self.threads}: {'; '.join(self.changed)}")
+        else:
+            print(f"torch threads stayed {self.threads} through every step of both trainers")
 
 
 class TRLProbe:
@@ -368,8 +450,16 @@ def print_settings(s: Settings, cfg, policy, trl_version: str) -> None:
     v, tc, t, a = policy.config.vision_config, policy.config.get_text_config(), cfg.trainer, cfg.algorithm
     batch = s.prompts * s.group_size
     params = sum(p.numel() for p in policy.parameters()) / 1e6
+    engine = cfg.rollout.engine
+    if engine == "vllm":
+        import vllm
+
+        v_cfg = cfg.rollout.vllm
+        engine = (f"vllm {vllm.__version__} (in-process, enforce_eager {v_cfg.enforce_eager}, max_num_seqs "
+                  f"{v_cfg.max_num_seqs}, KV cache {v_cfg.cpu_kv_cache_gib} GiB)")
     print(f"rlvr step vs TRL {trl_version} GRPOTrainer(loss_type='sapo'); transformers {transformers.__version__}, "
           f"torch {torch.__version__}")
+    print(f"  rollout: rlvr {engine}; TRL transformers generate (its default)")
     print(f"  model: Qwen2.5-VL, random weights; text hidden {tc.hidden_size}, {tc.num_hidden_layers} layers, "
           f"{tc.num_attention_heads} heads ({tc.num_key_value_heads} kv), vocab {tc.vocab_size}; vision hidden "
           f"{v.hidden_size}, depth {v.depth}; {params:.2f}M parameters; float32, {cfg.model.attn_implementation}")
@@ -379,7 +469,8 @@ def print_settings(s: Settings, cfg, policy, trl_version: str) -> None:
     print(f"  update: AdamW lr {t.lr}, betas {tuple(t.adam_betas)}, eps {t.adam_eps}, no weight decay, clip "
           f"{t.max_grad_norm}; 1 optimizer step per rollout, 1 micro-batch of {batch}; SAPO tau +{a.tau_pos}"
           f"/-{a.tau_neg}, no KL")
-    print(f"  device: CPU, torch threads {torch.get_num_threads()} (set explicitly; {os.cpu_count()} cores seen); "
+    print(f"  device: CPU, torch threads {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']} "
+          f"(set explicitly; {os.cpu_count()} cores seen); "
           f"{s.warmup} warm-up + {s.steps} timed steps each, alternating TRL then rlvr", flush=True)
 
 
@@ -397,8 +488,12 @@ def report(s: Settings, times: dict[str, list[dict[str, float]]], facts: dict[st
            for name, rows in times.items()}
     print(f"\nmedian seconds over {s.steps} timed step(s):")
     print(f"  {'phase':<8} {'TRL':>9} {'rlvr':>9} {'TRL/rlvr':>9}")
-    for k in ("rollout", "reward", "update", "step"):
-        print(f"  {k:<8} {med['TRL'][k]:>9.3f} {med['rlvr'][k]:>9.3f} {med['TRL'][k] / max(med['rlvr'][k], 1e-9):>9.2f}")
+    for k in ("rollout", "sync", "reward", "update", "step"):
+        ratio = f"{med['TRL'][k] / med['rlvr'][k]:>9.2f}" if min(med['TRL'][k], med['rlvr'][k]) > 0 else f"{'-':>9}"
+        print(f"  {k:<8} {med['TRL'][k]:>9.3f} {med['rlvr'][k]:>9.3f} {ratio}")
+    tokens = s.prompts * s.group_size * s.new_tokens
+    print(f"  rollout tokens/s: TRL {tokens / med['TRL']['rollout']:.1f}, rlvr ({s.engine}) "
+          f"{tokens / med['rlvr']['rollout']:.1f}")
     print(f"\nTRL  median s/step: {med['TRL']['step']:.3f}")
     print(f"rlvr median s/step: {med['rlvr']['step']:.3f}")
     print(f"ratio TRL/rlvr: {med['TRL']['step'] / med['rlvr']['step']:.2f}")
@@ -416,6 +511,7 @@ def run(s: Settings, tmp: Path, trl_version: str) -> None:
     policy = rlvr_trainer.accelerator.unwrap_model(rlvr_trainer.model).policy
     times: dict[str, list[dict[str, float]]] = {"TRL": [], "rlvr": []}
     facts: dict[str, dict] = {}
+    threads = ThreadGuard(s.threads)
 
     class Alternate(TrainerCallback):
         """At the end of each TRL optimizer step: time it, then run and time one rlvr step."""
@@ -427,16 +523,19 @@ def run(s: Settings, tmp: Path, trl_version: str) -> None:
             trl_s = time.perf_counter() - self.mark
             i = state.global_step - 1
             rollout, reward = probe.generate.take(), probe.reward.take()
-            times["TRL"].append({"step": trl_s, "rollout": rollout, "reward": reward,
+            times["TRL"].append({"step": trl_s, "rollout": rollout, "sync": 0.0, "reward": reward,
                                  "update": trl_s - rollout - reward})
             if i == 0:
                 facts["TRL"] = trl_facts(trl_trainer, probe.score.last, probe.rewards_computed())
 
+            threads.check("TRL", i)
             t0 = time.perf_counter()
             metrics, _, _ = rlvr_trainer.step(i)
             rlvr_s = time.perf_counter() - t0
+            threads.check("rlvr", i)
             times["rlvr"].append({"step": rlvr_s, "rollout": metrics["time/rollout_s"],
-                                  "reward": metrics["time/reward_s"], "update": metrics["time/update_s"]})
+                                  "sync": metrics.get("time/sync_s", 0.0), "reward": metrics["time/reward_s"],
+                                  "update": metrics["time/update_s"]})
             if i == 0:
                 facts["rlvr"] = rlvr_facts(rlvr_trainer, policy.config.image_token_id)
             tag = "warm-up" if i < s.warmup else "timed"
@@ -448,6 +547,7 @@ def run(s: Settings, tmp: Path, trl_version: str) -> None:
     print_settings(s, cfg, policy, trl_version)
     trl_trainer.train()
     report(s, times, facts)
+    threads.report()
 
 
 if __name__ == "__main__":
