@@ -211,7 +211,8 @@ def test_preflight_is_the_cheap_part(qwen25_dir, data, tmp_path):
     cfg = load_config(DEMO, [f"model.name_or_path={qwen25_dir}", f"data.train_files={data['bad']}"])
     report = preflight(cfg)
     assert not report.failed, report.render()  # bad rows are training's loader's business
-    assert {c.section for c in report.checks} == {"Rewards", "Model and processor", "Memory per GPU (estimate)"}
+    assert {c.section for c in report.checks} == {"Rewards", "Rollout engine", "Model and processor",
+                                                     "Memory per GPU (estimate)"}
     cfg.reward.functions[0].name = "rlvr.rewards:no_such_reward"
     assert preflight(cfg).failed
 
