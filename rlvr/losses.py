@@ -36,6 +36,14 @@ Shared contract:
   gradient is the score-function estimate from the sampled tokens, with the exact H_t as the
   baseline: ``grad H_t = -E_{o ~ pi}[(log pi(o) + H_t) grad log pi(o)]`` (on-policy: exact in
   expectation when the samples come from pi_theta, as with one minibatch per rollout batch).
+* Optional importance weights ``is_weights`` ``[B, T]`` (``rlvr.correction``: the rollout
+  engine's mismatch with the old policy): the loss's per-token term is multiplied by the
+  detached weight before the reduction, ``aggregate(w_t * term_t)``, for every loss. A token
+  of weight 0 adds nothing but still counts in the divisor (the reduction's counts are fixed
+  before any forward, so micro-batching stays exact, and a zero weight means "this sample
+  says nothing", not "this sample was never drawn"). The entropy bonus and the KL penalty are
+  not weighted: they are regularisers of pi_theta evaluated at the sampled tokens, not
+  estimates of the policy gradient under pi_old.
 * Metrics are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise syncs the
   device. Token means come with their token counts (``rlvr.aggregation.TOKEN_COUNT``); an
   empty selection (e.g. no positive-advantage token) reports 0 with count 0, never NaN.
@@ -74,7 +82,7 @@ __all__ = [
 # Keyword arguments every loss accepts; they belong to the call site, not to one algorithm.
 SHARED_KEYWORDS: frozenset[str] = frozenset(
     {"aggregation", "norm_len", "global_tokens", "global_seqs", "ref_logprobs", "kl_coef", "entropy",
-     "entropy_coef"}
+     "entropy_coef", "is_weights"}
 )
 
 
@@ -126,7 +134,8 @@ class PolicyLoss:
                  aggregation: str | None = None, norm_len: float | None = None,
                  global_tokens: float | Tensor | None = None, global_seqs: float | Tensor | None = None,
                  ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, entropy: Tensor | None = None,
-                 entropy_coef: float = 0.0, **hyperparameters: float) -> tuple[Tensor, dict[str, Tensor]]:
+                 entropy_coef: float = 0.0, is_weights: Tensor | None = None,
+                 **hyperparameters: float) -> tuple[Tensor, dict[str, Tensor]]:
         foreign = sorted(set(hyperparameters) - set(self.hyperparameters))
         if foreign:
             raise TypeError(f"{self.name}() got unexpected keyword arguments {foreign}; its hyperparameters are "
@@ -135,15 +144,16 @@ class PolicyLoss:
         return policy_loss(self, inputs, {**self.hyperparameters, **hyperparameters},
                            aggregation=aggregation or self.aggregation, norm_len=norm_len,
                            global_tokens=global_tokens, global_seqs=global_seqs,
-                           ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy, entropy_coef=entropy_coef)
+                           ref_logprobs=ref_logprobs, kl_coef=kl_coef, entropy=entropy, entropy_coef=entropy_coef,
+                           is_weights=is_weights)
 
 
 def policy_loss(loss: PolicyLoss, inputs: LossInputs, hyperparameters: dict[str, float], *, aggregation: str,
                 norm_len: float | None, global_tokens: float | Tensor | None, global_seqs: float | Tensor | None,
                 ref_logprobs: Tensor | None, kl_coef: float, entropy: Tensor | None,
-                entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """Term (+ entropy bonus) -> reduction -> KL penalty -> shared metrics (``ratio/mean``, ``ratio/max``,
-    ``entropy``, ``kl``)."""
+                entropy_coef: float = 0.0, is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Term (x importance weight, + entropy bonus) -> reduction -> KL penalty -> shared metrics
+    (``ratio/mean``, ``ratio/max``, ``entropy``, ``kl``)."""
     if entropy_coef < 0:
         raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}.")
     if entropy_coef > 0 and entropy is None:
@@ -157,6 +167,11 @@ def policy_loss(loss: PolicyLoss, inputs: LossInputs, hyperparameters: dict[str,
         )
     per_token, ratio, metrics = loss.term(inputs, **hyperparameters)  # [B, T], [B, T]
     valid, logprobs = inputs.valid, inputs.logprobs
+    if is_weights is not None:
+        if is_weights.shape != logprobs.shape:
+            raise ValueError(f"is_weights must be [B, T] = {tuple(logprobs.shape)}; got {tuple(is_weights.shape)}.")
+        weights = torch.where(valid, is_weights.detach().to(logprobs.dtype), torch.zeros_like(logprobs))  # [B, T]
+        per_token = per_token * weights  # [B, T]: the term only, not the bonus or the KL below
     if entropy_coef > 0:
         ent = torch.where(valid, entropy.detach(), torch.zeros_like(logprobs))  # [B, T]
         sampled = logprobs.detach()  # [B, T]

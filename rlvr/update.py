@@ -9,6 +9,11 @@ Old log-probs: with one minibatch the single update happens at the rollout weigh
 ``old_logprobs = logprobs.detach()`` gives the same values and saves a forward pass; with
 several minibatches they are computed once, before the first optimizer step.
 
+Rollout correction (``algorithm.rollout_correction``, ``rlvr.correction``): each token's loss
+term is multiplied by a detached importance weight from pi_old (the old log-probs above) and
+the log-probs the engine recorded while sampling; ``auto`` resolves to ``token_truncate``
+with ``rollout.engine=vllm`` and to ``off`` (no weights, the loss unchanged) with ``hf``.
+
 The model accelerate prepares is ``PolicyLogprobs``: the policy behind a forward that
 returns response log-probs. Every training forward goes through accelerate's wrapper
 (DDP's gradient synchronisation, DeepSpeed's engine) rather than around it.
@@ -27,6 +32,7 @@ import torch
 
 from rlvr.batch import PromptInputs, Response, collate_sequences
 from rlvr.config import Config
+from rlvr.correction import importance_weights, resolve_mode
 from rlvr.distributed import is_deepspeed, max_over_ranks, reduce_over_ranks, world_size
 from rlvr.logprobs import response_logprobs
 from rlvr.lora import reference_context
@@ -69,6 +75,7 @@ class PolicyUpdate:
         self.optimizer, self.scheduler, self.pad_id, self.ref_model = optimizer, scheduler, pad_id, ref_model
         self.loss_fn = POLICY_LOSSES[cfg.algorithm.loss]
         self.loss_kwargs = loss_kwargs(cfg)
+        self.correction = resolve_mode(cfg.algorithm.rollout_correction.mode, cfg.rollout.engine)
 
     def _batch(self, prompts: list[PromptInputs], responses: list[Response], idx: list[int]) -> dict:
         batch = collate_sequences([prompts[i] for i in idx], [responses[i].token_ids for i in idx], self.pad_id)
@@ -220,11 +227,24 @@ class PolicyUpdate:
         stats.add_max("rollout/logprob_diff_max", diff.max())
         loss, metrics = self.loss_fn(
             logprobs.float(), old.float(), samples.advantages[idx].to(device), mask,
-            ref_logprobs=ref, entropy=entropy, global_seqs=seqs, global_tokens=tokens, **self.loss_kwargs,
+            ref_logprobs=ref, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
+            is_weights=self._importance_weights(old.float(), recorded, mask, stats), **self.loss_kwargs,
         )
         stats.add("loss", loss * share)  # micro losses sum to the minibatch loss
         stats.add_loss_metrics(metrics, PARTIAL_SUM_METRICS, share)
         return loss
+
+    def _importance_weights(self, old: torch.Tensor, recorded: torch.Tensor, mask: torch.Tensor,
+                            stats: StepMetrics) -> torch.Tensor | None:
+        """The rollout correction's ``[b, R]`` weights (None when off), its metrics added to ``stats``."""
+        if self.correction == "off":
+            return None
+        rc = self.cfg.algorithm.rollout_correction
+        weights, metrics = importance_weights(old, recorded, mask, mode=self.correction, cap=rc.cap,
+                                              mask_low=rc.mask_low, mask_high=rc.mask_high)
+        stats.add_max("rollout_is/weight_max", metrics.pop("rollout_is/weight_max"))
+        stats.add_loss_metrics(metrics, set(), share=1.0)  # token means only
+        return weights
 
     def _optimizer_step(self, stats: StepMetrics, share: float) -> None:
         self._fill_missing_grads()

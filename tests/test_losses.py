@@ -574,3 +574,88 @@ def test_the_registry_is_the_configs_choices():
     for name in POLICY_LOSSES:
         for key in loss_hyperparameters(name):
             assert getattr(algorithm, key) is None, key
+
+
+# --------------------------------------------------------------------------------------------
+# Importance weights (is_weights, rlvr.correction)
+# --------------------------------------------------------------------------------------------
+# The shared example with weights w = [[2.0, 0.5, 0.0], [1.0, 0.25, pad]] on SAPO's per-token
+# -f(r) A (values above: row 0 -2.489837, -1.605249, -2; row 1 +2.004670, +1.607218):
+#   row 0: -(2 * 2.489837 + 0.5 * 1.605249 + 0 * 2) / 3 = -5.782299 / 3 = -1.927433
+#   row 1: +(1 * 2.004670 + 0.25 * 1.607218) / 2     = +2.406475 / 2 = +1.203237
+IS_W = [[2.0, 0.5, 0.0], [1.0, 0.25, 7.0]]  # 7.0 sits on the pad: it must change nothing
+
+
+def test_sapo_with_importance_weights_by_hand():
+    loss, _ = sapo(*example(), is_weights=t(IS_W))
+    close(loss, (-1.927433 + 1.203237) / 2)  # -0.362098, seq-mean-token-mean
+    # token-mean: (-5.782299 + 2.406475) / 5 = -0.675165 (the 0-weight token still counts in the 5)
+    close(sapo(*example(), is_weights=t(IS_W), aggregation="token-mean")[0], -0.675165)
+
+
+def test_sapo_gradient_with_weights_is_w_times_the_unweighted_one():
+    # d loss / d logp_t = -w_t f'(r) r A / (n_i B): the unweighted gradients of
+    # test_sapo_gradient_by_hand times w, and exactly 0 where w = 0 (token (0, 2)) or on the pad.
+    #   (0,0) 2 * -0.235004 = -0.470008   (0,1) 0.5 * -0.096104 = -0.048052   (0,2) 0
+    #   (1,0) 1 * 0.274243 = 0.274243     (1,1) 0.25 * 0.170730 = 0.042683    (1,2) pad 0
+    logp, old, adv, mask = example()
+    sapo(logp, old, adv, mask, is_weights=t(IS_W))[0].backward()
+    expected = t([[-0.470008, -0.048052, 0.0], [0.274243, 0.042683, 0.0]])
+    torch.testing.assert_close(logp.grad, expected, atol=1e-6, rtol=0)
+    assert logp.grad[0, 2].item() == 0.0 and logp.grad[1, 2].item() == 0.0
+    # the autograd identity, token by token, against the unweighted run
+    logp2, *_ = example()
+    sapo(logp2, old, adv, mask)[0].backward()
+    torch.testing.assert_close(logp.grad, logp2.grad * t(IS_W) * t(MASK), atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_weights_of_one_leave_every_loss_bit_identical(name):
+    logp, old, adv, mask = example()
+    kwargs = dict(ref_logprobs=old + 0.3, kl_coef=0.1, entropy=t([[1.0, 2.0, 3.0], [0.5, 0.25, 9.0]]),
+                  entropy_coef=0.05)
+    loss, metrics = POLICY_LOSSES[name](logp, old, adv, mask, **kwargs)
+    loss.backward()
+    logp1, *_ = example()
+    loss1, metrics1 = POLICY_LOSSES[name](logp1, old, adv, mask, is_weights=torch.ones(2, 3, dtype=F64), **kwargs)
+    loss1.backward()
+    assert torch.equal(loss, loss1) and torch.equal(logp.grad, logp1.grad)
+    assert metrics.keys() == metrics1.keys() and all(torch.equal(metrics[k], metrics1[k]) for k in metrics)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_weights_scale_every_loss_term_but_not_the_bonus_or_the_kl(name):
+    # Weights of 0 everywhere leave only the entropy bonus and the KL penalty: the same loss and
+    # gradient as advantages of 0 (the term is then 0 for every loss), whatever the weights would do.
+    logp, old, adv, mask = example()
+    kwargs = dict(ref_logprobs=old + 0.3, kl_coef=0.1, entropy=t([[1.0, 2.0, 3.0], [0.5, 0.25, 9.0]]),
+                  entropy_coef=0.05)
+    loss, metrics = POLICY_LOSSES[name](logp, old, adv, mask, is_weights=torch.zeros(2, 3, dtype=F64), **kwargs)
+    loss.backward()
+    logp0, *_ = example()
+    loss0, _ = POLICY_LOSSES[name](logp0, old, torch.zeros(2, dtype=F64), mask, **kwargs)
+    loss0.backward()
+    torch.testing.assert_close(loss, loss0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(logp.grad, logp0.grad, atol=1e-12, rtol=0)
+    assert loss.item() != 0.0 and metrics["kl"].item() > 0
+    # and a weight w on every token scales the term alone: loss(w) - loss(0) = w * (loss(1) - loss(0))
+    full, _ = POLICY_LOSSES[name](logp.detach(), old, adv, mask, is_weights=torch.ones(2, 3, dtype=F64), **kwargs)
+    half, _ = POLICY_LOSSES[name](logp.detach(), old, adv, mask, is_weights=torch.full((2, 3), 0.5, dtype=F64),
+                                  **kwargs)
+    torch.testing.assert_close(half - loss0, 0.5 * (full - loss0), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_importance_weights_on_the_pad_never_leak(name):
+    logp, old, adv, mask = example()
+    clean, _ = POLICY_LOSSES[name](logp, old, adv, mask, is_weights=t(IS_W))
+    for garbage in (float("nan"), float("inf")):
+        w = t(IS_W)
+        w[1, 2] = garbage
+        logp2, *_ = example()
+        loss, _ = POLICY_LOSSES[name](logp2, old, adv, mask, is_weights=w)
+        loss.backward()
+        torch.testing.assert_close(loss, clean)
+        assert torch.isfinite(logp2.grad).all() and logp2.grad[1, 2] == 0
+    with pytest.raises(ValueError, match=r"is_weights must be \[B, T\] = \(2, 3\)"):
+        POLICY_LOSSES[name](logp, old, adv, mask, is_weights=torch.ones(2))

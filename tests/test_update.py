@@ -5,6 +5,7 @@ from a token budget, and a fixed count per micro-batch must give the same loss, 
 gradients and the same weights after the optimizer steps (fp32, up to summation order).
 """
 
+import math
 from contextlib import nullcontext
 from unittest import mock
 
@@ -52,7 +53,7 @@ def rollout(qwen25_dir):
 
 
 def _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=8, micro_batch_tokens=None, agree=None,
-            aggregation=None):
+            aggregation=None, configure=None):
     """One PolicyUpdate.run from the same weights; returns (metrics, optimizer, micro-batches run, model)."""
     from accelerate import Accelerator
 
@@ -63,6 +64,8 @@ def _update(qwen25_dir, rollout, num_minibatches, micro_batch_size=8, micro_batc
     cfg.trainer.micro_batch_tokens, cfg.trainer.logprob_chunk_size = micro_batch_tokens, 4
     cfg.algorithm.kl_coef = 0.05  # the reference's precomputed log-probs must come back in order too
     cfg.algorithm.aggregation = aggregation
+    if configure is not None:  # any other setting, e.g. the rollout correction
+        configure(cfg)
     acc = Accelerator(cpu=True)
     policy = load_model(qwen25_dir, dtype="float32")
     reference = load_model(qwen25_dir, dtype="float32").requires_grad_(False).eval()
@@ -185,3 +188,70 @@ def test_one_micro_batch_of_4_equals_4_of_1_with_accumulation(qwen25_dir, rollou
     first_step = dict(zip(names, whole[1].grads[0]))
     assert len(first_step) > 10
     assert any(g.abs().sum() > 0 for n, g in first_step.items() if "visual" in n), "the vision tower gets gradients"
+
+
+# ---------------------------------------------------------------- the rollout correction (rlvr.correction)
+
+
+def _perturbed(qwen25_dir, rollout):
+    """The rollout with recorded log-probs = the policy's - log w: w = 3 on each response's first
+    token, 0.5 on its second, 1 elsewhere (8 responses of 2 to 9 tokens)."""
+    from rlvr.batch import collate_sequences
+    from rlvr.logprobs import response_logprobs
+
+    processor, prompts, responses, advantages = rollout
+    policy = load_model(qwen25_dir, dtype="float32")
+    batch = collate_sequences(prompts, [r.token_ids for r in responses], processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = response_logprobs(policy, batch)  # pi_old: the weights before the step
+    perturbed = []
+    for i, r in enumerate(responses):
+        log_w = torch.zeros(len(r.token_ids))
+        log_w[0], log_w[1] = math.log(3.0), math.log(0.5)
+        perturbed.append(Response(r.prompt_index, r.token_ids, logprobs[i, :len(r.token_ids)] - log_w, r.finished))
+    return processor, prompts, perturbed, advantages
+
+
+def _vllm(cfg):
+    cfg.rollout.engine = "vllm"  # only the correction reads it in the update; auto -> token_truncate
+
+
+def test_correction_metrics_with_known_perturbed_rollout_log_probs(qwen25_dir, rollout):
+    perturbed = _perturbed(qwen25_dir, rollout)
+    n = sum(len(r.token_ids) for r in perturbed[2])  # 2 + 7 + 4 + 9 + 6 + 3 + 8 + 5 = 44 tokens
+    assert n == 44
+    metrics = _update(qwen25_dir, perturbed, 2, micro_batch_size=1, configure=_vllm)[0]
+    # token_truncate at cap 2: the 8 tokens of w = 3 weigh 2, the 8 of w = 0.5 weigh 0.5, the rest 1
+    assert metrics["rollout_is/weight_mean"] == pytest.approx((8 * 2 + 8 * 0.5 + (n - 16)) / n, rel=1e-5)
+    assert metrics["rollout_is/capped_frac"] == pytest.approx(8 / n)
+    assert metrics["rollout_is/weight_max"] == pytest.approx(3.0, rel=1e-5)
+    # k3 = w - 1 - log w: (3 - 1 - log 3) = 0.901388 and (0.5 - 1 - log 0.5) = 0.193147, 0 elsewhere
+    k3 = 8 * (2 - math.log(3.0)) + 8 * (-0.5 + math.log(2.0))
+    assert metrics["rollout_is/kl"] == pytest.approx(k3 / n, rel=1e-4)
+    assert metrics["rollout_is/nan_frac"] == 0.0
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(math.log(3.0), rel=1e-5)
+    # token_mask [0.5, 2]: the w = 3 tokens are dropped (0.5 is on the bound, kept)
+    masked = _update(qwen25_dir, perturbed, 2, micro_batch_size=1, configure=lambda cfg: (
+        _vllm(cfg), setattr(cfg.algorithm.rollout_correction, "mode", "token_mask")))[0]
+    assert masked["rollout_is/masked_frac"] == pytest.approx(8 / n)
+    assert masked["rollout_is/weight_mean"] == pytest.approx((8 * 0.5 + (n - 16)) / n, rel=1e-5)
+    assert "rollout_is/capped_frac" not in masked
+
+
+def test_correction_off_and_auto_with_hf_give_identical_updates(qwen25_dir, rollout):
+    """The fixture's recorded log-probs are random (-U(0, 1), far above the tiny model's ~-5.7), so
+    any weight would change the gradient."""
+    def mode(name, engine="hf"):
+        return lambda cfg: (setattr(cfg.rollout, "engine", engine),
+                            setattr(cfg.algorithm.rollout_correction, "mode", name))
+
+    auto_hf = _update(qwen25_dir, rollout, 2, micro_batch_size=4, configure=mode("auto"))
+    off = _update(qwen25_dir, rollout, 2, micro_batch_size=4, configure=mode("off", "vllm"))
+    assert not any(k.startswith("rollout_is/") for k in {**auto_hf[0], **off[0]})
+    for g1, g2 in zip(auto_hf[1].grads, off[1].grads, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+    assert auto_hf[0]["loss"] == off[0]["loss"]
+    # the weights do reach the loss when on: the same rollout with token_truncate moves differently
+    on = _update(qwen25_dir, rollout, 2, micro_batch_size=4, configure=mode("token_truncate"))
+    assert on[0]["rollout_is/weight_mean"] < 0.1 and on[0]["loss"] != off[0]["loss"]
+    assert not torch.allclose(on[1].grads[0][0], off[1].grads[0][0])
