@@ -1,0 +1,329 @@
+"""The vLLM engine: one in-process ``vllm.LLM`` per training process, colocated with training.
+
+Sampling contract (the same as the HF engine's, ``rlvr.rollout.engine``): one request per
+sample, the j-th sample of a prompt with seed s seeded with ``mix_seed(s, j)`` (vLLM's own
+per-request generator: the samples differ from the HF engine's for the same seed, but each
+engine reproduces its own in any batch). The G requests of a prompt share its token ids and
+images, so prefix caching prefills the prompt and the multimodal caches encode its images
+once. Prompts go in as token ids, never as text; each image placeholder run of the prompt is
+collapsed to one ``<|image_pad|>``, which vLLM expands again from the images it processes with
+``data.min_pixels``/``max_pixels`` (the run's processor settings), and the expanded prompt is
+checked against ours so a mismatch fails loudly instead of shifting every position.
+
+Log-probs: ``logprobs_mode="processed_logprobs"`` gives each sampled token's log-prob under the
+distribution it was drawn from (temperature-scaled, top-k/top-p filtered). Vision placeholder
+tokens (``rlvr.models.never_sample_ids``) are set to -inf by a logits processor before that
+distribution is formed, so they are never sampled and are outside its normaliser, exactly as
+the training forward leaves them out (``rlvr.logprobs``).
+
+Weight sync: the policy's weights, LoRA merged and ZeRO-3 gathered a bucket at a time
+(``_weight_stream``), go through vLLM's in-place ``reload_weights`` under their transformers
+names; then the prefix and encoder caches, computed with the old weights, are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import torch
+
+from rlvr.batch import PromptInputs, Response
+from rlvr.config import RolloutConfig
+from rlvr.models import never_sample_ids
+from rlvr.rollout.engine import RolloutEngine, SyncReport
+from rlvr.rollout.sampling import mix_seed
+from rlvr.rollout.vllm_env import inspect_models_in_process, on_cpu, prepare
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'rlvr[vllm]'"
+# Head sizes the CPU attention backend of vLLM 0.32 accepts (measured: README, Rollout engines)
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def import_vllm():
+    """``vllm``, or a message saying how to install it."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"rollout.engine=vllm needs the vllm package, which is not installed here ({e}). "
+                          f"Install it with `{INSTALL_HINT}` (GPU machines), or use rollout.engine=hf.") from e
+    return vllm
+
+
+def engine_dtype(dtype: str) -> str:
+    """vLLM's dtype for ``model.dtype``: auto is bf16 on GPU and fp32 on CPU, as the training side resolves it."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if on_cpu() else "bfloat16"
+
+
+def engine_kwargs(cfg, accelerator=None) -> dict:
+    """The ``vllm.LLM`` arguments for a run with config ``cfg`` (see ``rollout.vllm.*``)."""
+    vcfg = cfg.rollout.vllm
+    processes = getattr(accelerator, "num_processes", 1) or 1
+    rank = getattr(accelerator, "process_index", 0) or 0
+    kwargs = dict(
+        model=cfg.model.name_or_path,
+        dtype=engine_dtype(cfg.model.dtype),
+        trust_remote_code=cfg.model.trust_remote_code,
+        enforce_eager=vcfg.enforce_eager,
+        max_num_seqs=vcfg.max_num_seqs,
+        max_model_len=vcfg.max_model_len or cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        # Each request carries its own seed; this one only seeds what vLLM draws without one.
+        seed=cfg.trainer.seed + rank,
+        logprobs_mode="processed_logprobs",
+        # The model's generation_config.json (Qwen-VL ships top_k=1, repetition_penalty=1.05)
+        # must not change the sampling distribution: rollout.* alone defines it.
+        generation_config="vllm",
+        # Images become exactly the patches the run's processor makes (data.min/max_pixels).
+        mm_processor_kwargs={"size": {"shortest_edge": cfg.data.min_pixels, "longest_edge": cfg.data.max_pixels}},
+        limit_mm_per_prompt={"image": 64, "video": 0},
+        enable_prefix_caching=True,
+        logits_processors=[never_sample_processor()],
+    )
+    if not on_cpu():
+        kwargs["gpu_memory_utilization"] = vcfg.gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = vcfg.sleep_level > 0
+    if processes > 1:
+        # One independent TP=1 engine per rank inside the already initialised process group
+        # (vLLM lays its groups out as external-DP x TP; TRL's and verl's colocated mode).
+        kwargs["distributed_executor_backend"] = "external_launcher"
+    return kwargs
+
+
+_PROCESSOR_CLASS = None
+
+
+def never_sample_processor():
+    """A vLLM logits processor class that puts -inf on the vision placeholder tokens of every request.
+
+    It runs before temperature and filtering (it is not argmax-invariant), so greedy decoding
+    never picks them either and the processed log-probs are normalised without them. The
+    token ids come from the engine's model config, as ``never_sample_ids`` reads the policy's.
+    """
+    global _PROCESSOR_CLASS
+    if _PROCESSOR_CLASS is not None:
+        return _PROCESSOR_CLASS
+    from vllm.v1.sample.logits_processor import LogitsProcessor
+
+    class NeverSampleVisionTokens(LogitsProcessor):
+        def __init__(self, vllm_config, device, is_pin_memory):
+            holder = type("ConfigHolder", (), {"config": vllm_config.model_config.hf_config})
+            self.ids = torch.tensor(never_sample_ids(holder), dtype=torch.long, device=device)
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def update_state(self, batch_update) -> None:
+            pass
+
+        def apply(self, logits: torch.Tensor) -> torch.Tensor:  # [n, V]
+            if self.ids.numel():
+                logits.index_fill_(-1, self.ids, float("-inf"))
+            return logits
+
+    _PROCESSOR_CLASS = NeverSampleVisionTokens
+    return _PROCESSOR_CLASS
+
+
+def collapse_placeholders(input_ids: torch.Tensor, image_token_id: int | None) -> list[int]:
+    """Token ids with each run of image placeholders cut to one: the prompt form vLLM expands itself."""
+    ids = input_ids.tolist()
+    if image_token_id is None:
+        return ids
+    return [t for k, t in enumerate(ids) if t != image_token_id or k == 0 or ids[k - 1] != image_token_id]
+
+
+def _sampling_params(vllm, settings: RolloutConfig, stop_ids: list[int], seed: int | None, greedy: bool):
+    return vllm.SamplingParams(
+        n=1,
+        temperature=0.0 if greedy else settings.temperature,
+        top_p=1.0 if greedy else settings.top_p,
+        top_k=0 if greedy else settings.top_k,  # vLLM: 0 = off, as rollout.top_k
+        seed=None if greedy else seed,
+        max_tokens=settings.max_new_tokens,
+        min_tokens=settings.min_new_tokens,
+        stop_token_ids=list(stop_ids),
+        ignore_eos=True,  # the model's eos stops a response only when it is one of stop_ids
+        logprobs=0,  # just the sampled token's (processed) log-prob
+        detokenize=False,
+    )
+
+
+def _response(prompt_index: int, completion, stop_ids: list[int]) -> Response:
+    tokens = torch.tensor(list(completion.token_ids), dtype=torch.long)  # [R]
+    logprobs = torch.tensor([step[t].logprob for step, t in zip(completion.logprobs, completion.token_ids)],
+                            dtype=torch.float32)  # [R]
+    finished = len(tokens) > 0 and int(tokens[-1]) in stop_ids
+    return Response(prompt_index, tokens, logprobs, finished)
+
+
+class VLLMEngine(RolloutEngine):
+    """A colocated vLLM engine for run config ``cfg`` (one per training process)."""
+
+    name = "vllm"
+
+    def __init__(self, cfg, stop_ids: list[int], pad_id: int, accelerator=None):
+        super().__init__(cfg.rollout, stop_ids, pad_id)
+        self.sleep_level = 0 if on_cpu() else cfg.rollout.vllm.sleep_level
+        self.bucket_bytes = cfg.rollout.vllm.sync_bucket_mib * 2**20
+        self.asleep = False
+        prepare(cfg.rollout.vllm.cpu_kv_cache_gib)
+        self.vllm = import_vllm()
+        inspect_models_in_process()
+        kwargs = engine_kwargs(cfg, accelerator)
+        start = time.perf_counter()
+        try:
+            self.llm = self.vllm.LLM(**kwargs)
+        except Exception as e:  # vLLM's own message, with what to change where we know it
+            raise RuntimeError(_explain_start_failure(e, kwargs)) from e
+        self.start_seconds = time.perf_counter() - start
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.image_token_id = getattr(hf_config, "image_token_id", None)
+        log.info("vLLM engine for %s started in %.1f s (%s, max_model_len %d%s)", kwargs["model"],
+                 self.start_seconds, kwargs["dtype"], kwargs["max_model_len"],
+                 ", one engine per rank" if "distributed_executor_backend" in kwargs else "")
+        if on_cpu() and cfg.rollout.vllm.sleep_level > 0:
+            log.info("vLLM on CPU: sleep()/wake() do nothing (sleep mode needs a GPU); rollout.vllm.sleep_level ignored")
+
+    # ------------------------------------------------------------------ sampling
+
+    def _prompt(self, prompt: PromptInputs) -> dict:
+        request = {"prompt_token_ids": collapse_placeholders(prompt.input_ids, self.image_token_id)}
+        if prompt.images:
+            request["multi_modal_data"] = {"image": list(prompt.images)}
+        elif prompt.image_grid_thw is not None and len(prompt.image_grid_thw):
+            raise ValueError("a prompt with image placeholders but no images: the vLLM engine processes the images "
+                             "itself and needs PromptInputs.images (rlvr.batch.encode_prompt fills it)")
+        return request
+
+    def generate(self, prompts: list[PromptInputs], seeds: list[int] | None = None, *,
+                 settings: RolloutConfig | None = None, greedy: bool = False) -> list[Response]:
+        settings = settings or self.settings
+        if seeds is None:
+            seeds = [0] * len(prompts) if greedy else torch.randint(0, 2**62, (len(prompts),)).tolist()
+        if len(seeds) != len(prompts):
+            raise ValueError(f"generate got {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
+        requests, params, owners = [], [], []
+        for i, prompt in enumerate(prompts):
+            request = self._prompt(prompt)  # one dict shared by the G requests: one prefix, one image hash
+            for j in range(settings.group_size):
+                requests.append(request)
+                params.append(_sampling_params(self.vllm, settings, self.stop_ids, mix_seed(seeds[i], j), greedy))
+                owners.append(i)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        responses = []
+        for i, output in zip(owners, outputs):
+            expected = len(prompts[i].input_ids)
+            if len(output.prompt_token_ids) != expected:
+                raise RuntimeError(
+                    f"vLLM expanded prompt {i} to {len(output.prompt_token_ids)} tokens, the run's processor to "
+                    f"{expected}: its images were resized differently, so every position would be off. "
+                    "Process prompts with the run's data.min_pixels/max_pixels (rlvr.models.load_processor).")
+            responses.append(_response(i, output.outputs[0], self.stop_ids))
+        return responses
+
+    # ------------------------------------------------------------------ weights and memory
+
+    def sync_weights(self, model) -> SyncReport:
+        if self.asleep:  # the weights must be in place before they are overwritten
+            self.llm.wake_up(tags=["weights"])
+        start = time.perf_counter()
+        counted = _Counted(_weight_stream(model, self.bucket_bytes))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(counted),
+                                                         "is_checkpoint_format": True})
+        # Prefixes and image features computed with the old weights must not be reused
+        # (without the encoder-cache reset the next generate fails with "Encoder cache miss").
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        report = SyncReport(tensors=counted.tensors, bytes=counted.bytes, seconds=time.perf_counter() - start)
+        log.info("weight sync: %d tensors, %.1f MiB in %.2f s", report.tensors, report.bytes / 2**20, report.seconds)
+        return report
+
+    def sleep(self) -> None:
+        if self.sleep_level > 0 and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+class _Counted:
+    """Wraps a (name, tensor) stream, counting tensors and bytes as they pass."""
+
+    def __init__(self, stream: Iterator[tuple[str, torch.Tensor]]):
+        self.stream, self.tensors, self.bytes = stream, 0, 0
+
+    def __iter__(self):
+        for name, tensor in self.stream:
+            self.tensors += 1
+            self.bytes += tensor.numel() * tensor.element_size()
+            yield name, tensor
+
+
+def _weight_stream(model, bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under their transformers names, LoRA merged, a bucket at a time."""
+    try:
+        from rlvr.rollout.weight_sync import iter_weight_buckets
+    except ImportError:
+        iter_weight_buckets = _merged_state_buckets
+    for bucket in iter_weight_buckets(model, bucket_bytes):
+        yield from bucket
+
+
+def _merged_state_buckets(model, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Stand-in for ``rlvr.rollout.weight_sync.iter_weight_buckets`` (no ZeRO-3 gathering): the
+    state dict, with each LoRA layer's weight replaced by base + scaling * B @ A."""
+    from rlvr.lora import inner_model, is_lora
+
+    base = inner_model(model) if is_lora(model) else model
+    merged = {}
+    if is_lora(model):
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                merged[f"{name}.weight"] = (weight + delta).detach()
+    bucket, size = [], 0
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        tensor = merged.get(name, tensor)
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket
+
+
+def _explain_start_failure(error: Exception, kwargs: dict) -> str:
+    text = f"vLLM could not start an engine for {kwargs['model']}: {type(error).__name__}: {error}"
+    lowered = str(error).lower()
+    if on_cpu() and "head" in lowered and "size" in lowered:
+        text += (f"\nvLLM's CPU attention supports head sizes {', '.join(map(str, CPU_HEAD_SIZES))} only "
+                 "(hidden_size / num_attention_heads); on CPU use a model with one of those, e.g. a tiny model "
+                 "made with --hidden-size 128 or 256, or use rollout.engine=hf.")
+    if on_cpu() and "bf16" in lowered:
+        text += "\nOn CPU this model needs model.dtype=bfloat16 for vLLM."
+    return text
