@@ -14,6 +14,10 @@ patches and M-RoPE sections; Qwen3-VL's 16-px patches, learned vision position g
 interleaved M-RoPE and DeepStack features injected into the first decoder layer;
 Qwen3.5's alternating gated-delta-net (linear attention) and gated full-attention layers
 with partial rotary dimensions.
+
+For vLLM on CPU (tests/vllm): its attention accepts head sizes 32, 64, 80, 96, 112, 128, 160,
+192, 224, 256 and 512 only, and its Qwen3.5 gated-delta-net kernel not 32 either; the default
+hidden size 64 gives 16. ``--hidden-size 128`` (256 for qwen3_5) loads there: ``vllm_text_sizes``.
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ _CORPUS = [
 # Default sizes: small enough to train the demo on 2 CPU cores in minutes.
 TEXT_SIZES = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 VISION_SIZES = dict(depth=2, hidden_size=64, num_heads=2)
+# The smallest hidden sizes vLLM's CPU kernels run: head size 32 (Qwen3.5: 64; its gated delta
+# net fails with "Unexpected head dim size, 32").
+VLLM_HIDDEN_SIZES = {"qwen2_vl": 128, "qwen2_5_vl": 128, "qwen3_vl": 128, "qwen3_5": 256}
+
+
+def vllm_text_sizes(family: str) -> dict:
+    """Text sizes of a tiny ``family`` model that vLLM runs on CPU (as ``--hidden-size`` makes them)."""
+    hidden = VLLM_HIDDEN_SIZES[family]
+    return dict(TEXT_SIZES, hidden_size=hidden, intermediate_size=4 * hidden)
 
 
 def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl"):
@@ -206,6 +219,9 @@ def build_config(family: str, tokenizer, text: dict | None = None, vision: dict 
             layer_types=["full_attention" if i % 2 else "linear_attention" for i in range(n)],
             linear_conv_kernel_dim=4, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
             linear_num_key_heads=2, linear_num_value_heads=4,
+            # The text config's own flag must agree with the top level's: transformers ties by the
+            # top level, vLLM by the text config, and leaves lm_head unloaded (random) if it says False.
+            tie_word_embeddings=common["tie_word_embeddings"],
             rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
                              "mrope_section": _mrope_section(attn_head_dim // 4), "mrope_interleaved": True},
         )
