@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -12,6 +13,16 @@ from PIL import Image
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# tests/vllm run in their own environment (`make test-vllm`: vLLM pins an older transformers than
+# the project's). Where vllm is not installed they are not collected at all, not skipped file by file.
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore = ["vllm"]
+
+
+def pytest_report_header(config):
+    if importlib.util.find_spec("vllm") is None:
+        return "tests/vllm: not collected, vllm is not installed here (`make test-vllm` runs them in .venv-vllm)"
 
 
 @pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"])
