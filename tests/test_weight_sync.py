@@ -177,12 +177,13 @@ def _zero3_check(kind: str, module, reference: dict, rank: int) -> None:
     def gathered_bytes() -> int:
         return sum(p.ds_numel * p.element_size() for p in params if p.ds_status != ZeroParamStatus.NOT_AVAILABLE)
 
-    original, peaks = deepspeed.zero.GatheredParameters, []
+    original, peaks, gathered_storage = deepspeed.zero.GatheredParameters, [], set()
 
     class Counting(original):  # records what is gathered while each bucket's context is open
         def __enter__(self):
             out = super().__enter__()
             peaks.append(gathered_bytes())
+            gathered_storage.update(p.data.untyped_storage().data_ptr() for p in self.params)
             return out
 
     deepspeed.zero.GatheredParameters = Counting
@@ -190,6 +191,9 @@ def _zero3_check(kind: str, module, reference: dict, rank: int) -> None:
         sent, sizes = {}, []
         for bucket in iter_weight_buckets(module, BUCKET_BYTES):
             assert gathered_bytes() == 0, "a bucket was yielded with parameters still gathered"
+            # copies: DeepSpeed may reuse the gathered memory for the next bucket
+            assert not gathered_storage & {t.untyped_storage().data_ptr() for _, t in bucket}
+            gathered_storage.clear()
             sent.update(bucket)
             sizes.append([t.numel() * t.element_size() for _, t in bucket])
     finally:
