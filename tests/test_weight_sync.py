@@ -74,6 +74,9 @@ def test_tied_weights_are_sent_once_and_counted():
 def test_bad_inputs_get_a_message():
     with pytest.raises(ValueError, match="bucket_bytes=0 must be a positive number of bytes"):
         next(iter_weight_buckets(Toy(), 0))
+    wrapped = type("DeepSpeedEngine", (torch.nn.Module,), {})()  # what accelerator.prepare returns under DeepSpeed
+    with pytest.raises(ValueError, match="pass the policy unwrapped"):
+        next(iter_weight_buckets(wrapped))
 
 
 @pytest.fixture()
