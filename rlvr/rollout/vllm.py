@@ -235,6 +235,7 @@ class VLLMEngine(RolloutEngine):
         counted = _Counted(_weight_stream(model, self.bucket_bytes))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(counted),
                                                          "is_checkpoint_format": True})
+        self.llm.collective_rpc(_reprocess_output_heads)
         # Prefixes and image features computed with the old weights must not be reused
         # (without the encoder-cache reset the next generate fails with "Encoder cache miss").
         self.llm.reset_prefix_cache()
@@ -262,6 +263,22 @@ class VLLMEngine(RolloutEngine):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def _reprocess_output_heads(worker) -> int:
+    """Run on vLLM's worker after a reload: redo the output head's post-load processing.
+
+    With tied embeddings no ``lm_head`` weight is loaded (it is the embedding's), so the reload
+    reprocesses only the embedding; on CPU the head keeps the GEMM vLLM packed from the old
+    weights at start (measured: log-probs off by 5 after a sync that changed the embeddings).
+    On GPU this processing does nothing for an unquantized head.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    heads = [m for m in worker.model_runner.get_model().modules() if isinstance(m, ParallelLMHead)]
+    for head in heads:
+        head.quant_method.process_weights_after_loading(head)
+    return len(heads)
 
 
 class _Counted:
