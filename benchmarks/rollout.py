@@ -107,6 +107,7 @@ def engine_config(args, root: str, prompt_tokens: int):
         f"rollout.min_new_tokens={args.new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
         "rollout.top_k=0", f"rollout.micro_batch_size={max(groups) * args.prompts}",
         f"rollout.vllm.max_num_seqs={max(groups) * args.prompts}",
+        *args.set,
     ])
 
 
@@ -131,7 +132,8 @@ def compare_engines(args, root: str, model, prompts, stops, pad_id) -> None:
         times: dict[str, list[float]] = {name: [] for name in engines}
         for run in range(args.runs + 1):
             for name, engine in engines.items():
-                torch.set_num_threads(args.threads)  # the same count for both, whatever an engine set
+                if torch.get_num_threads() != args.threads:  # the same count for both, whatever an engine set
+                    torch.set_num_threads(args.threads)
                 start = time.perf_counter()
                 out = engine.generate(prompts, list(range(100 * run, 100 * run + args.prompts)), settings=settings)
                 elapsed = time.perf_counter() - start
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=None, help="text hidden size (default 256; --engines 1024)")
     parser.add_argument("--layers", type=int, default=None, help="text decoder layers (default 4; --engines 8)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--engines: a config override for both engines (repeatable), e.g. rollout.vllm.enforce_eager=true")
     args = parser.parse_args(argv)
     args.groups = args.groups or ("8" if args.engines else "8,16")
     args.hidden = args.hidden or (1024 if args.engines else 256)
