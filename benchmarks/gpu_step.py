@@ -1,10 +1,11 @@
 """One RL step of rlvr at the real Qwen2.5-VL-3B and -7B sizes on one GPU: rollout tokens/s (HF vs vLLM), step seconds, peak memory, actor MFU.
 
-    .venv-vllm/bin/python benchmarks/gpu_step.py 2>&1 | tee gpu_step.txt     # one H200, about 8 minutes
-    .venv-vllm/bin/python benchmarks/gpu_step.py --quick                    # CPU smoke test, tiny sizes
+    python benchmarks/gpu_step.py 2>&1 | tee gpu_step.txt       # one H200, about 8 minutes
+    .venv-vllm/bin/python benchmarks/gpu_step.py --quick      # CPU smoke test, tiny sizes
 
-The environment: rlvr with vLLM (``pip install -e '.[vllm]'`` on a GPU machine, or this
-project's ``.venv-vllm`` with a CUDA build of vLLM). Nothing is downloaded: each model is
+``python``: an environment with CUDA torch, vLLM and rlvr (``pip install -e '.[vllm]'`` on
+the GPU machine; ``.venv-vllm`` here is vLLM's CPU build, for ``--quick``; without vLLM
+only the HF engine runs). Nothing is downloaded: each model is
 built here with random weights from the real model's config, written inline below
 (``SIZES``: hidden sizes, layers, heads, intermediate sizes, vocabulary, tied embeddings and
 the vision tower of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct), and saved with a small

@@ -1,7 +1,7 @@
 """Seconds per RL step: rlvr's Trainer against TRL's GRPOTrainer (loss_type="sapo") on one fixed workload.
 
     .venv/bin/python benchmarks/step_vs_trl.py [--warmup 1] [--steps 5] [--threads N] [--quick]
-    .venv-vllm/bin/python benchmarks/step_vs_trl.py --engine vllm --threads 1 [--new-tokens 256]
+    .venv-vllm/bin/python benchmarks/step_vs_trl.py --engine vllm [--new-tokens 256]      # 1 thread each
 
 ``--engine`` is rlvr's rollout engine (``rollout.engine``): ``hf`` (transformers' generate, the
 default) or ``vllm`` (a colocated vLLM engine, sent the policy's weights after every update).
@@ -46,7 +46,8 @@ TRL: ``generation_kwargs={"min_new_tokens": ...}``), and the vision placeholder 
 rlvr never samples are suppressed in TRL too. After the first step, both sides' work is
 checked and printed: sequences, response lengths, prompt and image tokens, rewards computed.
 
-Everything runs on CPU (CUDA is hidden) with ``--threads`` torch threads (default: all cores).
+Everything runs on CPU (CUDA is hidden) with ``--threads`` torch threads (default: all cores
+with ``--engine hf``, 1 with ``--engine vllm``).
 The two trainers share accelerate's process-wide state; with one micro-batch per optimizer
 step on both sides, that sharing changes nothing.
 
@@ -56,13 +57,13 @@ With ``--engine vllm`` both trainers run in one process of the vLLM environment
 datasets``). One process and one transformers for both is the fair and simple choice: the
 TRL side and the rlvr side load the same model with the same library, take turns on the
 same cores, and get the same thread count. ``OMP_NUM_THREADS`` is set to ``--threads``
-before torch is imported, so vLLM's OpenMP kernels use as many threads as torch's, and
-torch's own count is set again before every step of either trainer (vLLM's CPU worker
-may change it; the report says if it did). With 2 threads on a 2-core machine shared with
-other work vLLM's decode times swing by 10x (issue 14), so the vLLM figures are taken with
-``--threads 1``, for both sides. rlvr's phases then include ``sync``, the weight sync to
-the engine after each update (``time/sync_s``; TRL's generate samples from the live weights
-and has none). vLLM's engine starts (and compiles, unless ``rollout.vllm.enforce_eager``)
+before torch is imported, so vLLM's OpenMP kernels use as many threads as torch's; torch's
+count is checked after every step of either trainer and set back if a step changed it (the
+report says if one did). With 2 threads on a 2-core machine shared with other work vLLM's
+decode times swung by 10x (issue 14), so with ``--engine vllm`` both sides get 1 thread
+unless ``--threads`` says otherwise. rlvr's phases then include ``sync``, the weight sync
+to the engine after each update (``time/sync_s``; TRL's generate samples from the live
+weights and has none). vLLM's engine starts (and compiles, unless ``rollout.vllm.enforce_eager``)
 in the Trainer's constructor and on its first generate: the warm-up step is not counted.
 """
 
@@ -95,7 +96,7 @@ class Settings:
     warmup: int = 1  # steps per trainer not counted
     steps: int = 5  # timed steps per trainer
     lr: float = 1e-5
-    threads: int = 0  # torch threads; 0 = all cores
+    threads: int = 0  # torch (and OpenMP) threads for both trainers; 0 = all cores with hf, 1 with vllm
     engine: str = "hf"  # rlvr's rollout.engine: hf | vllm
     extra: tuple[str, ...] = ()  # more rlvr config overrides, key=value (--rlvr, repeatable)
 
@@ -120,7 +121,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         if name == "extra":
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
-                            help=f"default {value}" + (" (all cores)" if name == "threads" else "")
+                            help=f"default {value}" + (" (all cores with --engine hf, 1 with vllm)" if name == "threads" else "")
                             + (f" ({' | '.join(ENGINES)})" if name == "engine" else ""))
     args = parser.parse_args(argv)
     chosen = {k: v for k, v in asdict(defaults).items() if k != "extra"} | (QUICK if args.quick else {})
@@ -138,7 +139,9 @@ def parse_args(argv: list[str] | None) -> Settings:
                      f"heads); vLLM's CPU attention needs a head size in {VLLM_CPU_HEAD_SIZES}: try --hidden 256")
     if s.group_size < 2 or s.prompts < 1 or s.new_tokens < 1 or s.steps < 1 or s.warmup < 0:
         parser.error("need --group-size >= 2, --prompts >= 1, --new-tokens >= 1, --steps >= 1, --warmup >= 0")
-    s.threads = s.threads or os.cpu_count() or 1
+    # vLLM's CPU kernels swung 10x with 2 OpenMP threads on a shared 2-core machine, and were
+    # stable with 1 (issue 14): with --engine vllm both trainers get 1 thread unless told otherwise.
+    s.threads = s.threads or (1 if s.engine == "vllm" else os.cpu_count() or 1)
     return s
 
 
