@@ -17,7 +17,7 @@ distribution is formed, so they are never sampled and are outside its normaliser
 the training forward leaves them out (``rlvr.logprobs``).
 
 Weight sync: the policy's weights, LoRA merged and ZeRO-3 gathered a bucket at a time
-(``_weight_stream``), go through vLLM's in-place ``reload_weights`` under their transformers
+(``rlvr.rollout.weight_sync.iter_weights``), go through vLLM's in-place ``reload_weights`` under their transformers
 names; then the prefix and encoder caches, computed with the old weights, are dropped.
 """
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-
 import torch
 
 from rlvr.batch import PromptInputs, Response
@@ -35,6 +33,7 @@ from rlvr.models import never_sample_ids
 from rlvr.rollout.engine import RolloutEngine, SyncReport
 from rlvr.rollout.sampling import mix_seed
 from rlvr.rollout.vllm_env import inspect_models_in_process, on_cpu, prepare
+from rlvr.rollout.weight_sync import WeightStats, iter_weights
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +174,8 @@ class VLLMEngine(RolloutEngine):
         self.vllm = import_vllm()
         inspect_models_in_process()
         kwargs = engine_kwargs(cfg, accelerator)
+        if on_cpu():  # vLLM itself would start, then fail at the first generate
+            check_cpu_head_size(kwargs["model"], cfg.model.trust_remote_code)
         start = time.perf_counter()
         try:
             self.llm = self.vllm.LLM(**kwargs)
@@ -214,7 +215,12 @@ class VLLMEngine(RolloutEngine):
                 requests.append(request)
                 params.append(_sampling_params(self.vllm, settings, self.stop_ids, mix_seed(seeds[i], j), greedy))
                 owners.append(i)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except RuntimeError as e:  # e.g. Qwen3.5's gated delta net on CPU: "Unexpected head dim size, 32"
+            if on_cpu() and "head" in str(e).lower() and "dim" in str(e).lower():
+                raise RuntimeError(f"{e}\n{_head_size_message(self.llm.llm_engine.model_config.model, None)}") from e
+            raise
         responses = []
         for i, output in zip(owners, outputs):
             expected = len(prompts[i].input_ids)
@@ -232,15 +238,16 @@ class VLLMEngine(RolloutEngine):
         if self.asleep:  # the weights must be in place before they are overwritten
             self.llm.wake_up(tags=["weights"])
         start = time.perf_counter()
-        counted = _Counted(_weight_stream(model, self.bucket_bytes))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(counted),
-                                                         "is_checkpoint_format": True})
+        stats = WeightStats()
+        # In vLLM's dtype: a bf16 engine gets bf16 even from fp32 master weights (half the bytes).
+        weights = iter_weights(model, self.bucket_bytes, dtype=self.llm.llm_engine.model_config.dtype, stats=stats)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.collective_rpc(_reprocess_output_heads)
         # Prefixes and image features computed with the old weights must not be reused
         # (without the encoder-cache reset the next generate fails with "Encoder cache miss").
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
-        report = SyncReport(tensors=counted.tensors, bytes=counted.bytes, seconds=time.perf_counter() - start)
+        report = SyncReport(tensors=stats.tensors, bytes=stats.bytes, seconds=time.perf_counter() - start)
         log.info("weight sync: %d tensors, %.1f MiB in %.2f s", report.tensors, report.bytes / 2**20, report.seconds)
         return report
 
@@ -281,66 +288,29 @@ def _reprocess_output_heads(worker) -> int:
     return len(heads)
 
 
-class _Counted:
-    """Wraps a (name, tensor) stream, counting tensors and bytes as they pass."""
+def check_cpu_head_size(model: str, trust_remote_code: bool = False) -> None:
+    """Raise, with what to change, when the model's attention head size is one vLLM's CPU kernels do not run."""
+    from transformers import AutoConfig
 
-    def __init__(self, stream: Iterator[tuple[str, torch.Tensor]]):
-        self.stream, self.tensors, self.bytes = stream, 0, 0
-
-    def __iter__(self):
-        for name, tensor in self.stream:
-            self.tensors += 1
-            self.bytes += tensor.numel() * tensor.element_size()
-            yield name, tensor
+    text = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).get_text_config()
+    head_size = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if head_size not in CPU_HEAD_SIZES:
+        raise ValueError(_head_size_message(model, head_size))
 
 
-def _weight_stream(model, bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights under their transformers names, LoRA merged, a bucket at a time."""
-    try:
-        from rlvr.rollout.weight_sync import iter_weight_buckets
-    except ImportError:
-        iter_weight_buckets = _merged_state_buckets
-    for bucket in iter_weight_buckets(model, bucket_bytes):
-        yield from bucket
-
-
-def _merged_state_buckets(model, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Stand-in for ``rlvr.rollout.weight_sync.iter_weight_buckets`` (no ZeRO-3 gathering): the
-    state dict, with each LoRA layer's weight replaced by base + scaling * B @ A."""
-    from rlvr.lora import inner_model, is_lora
-
-    base = inner_model(model) if is_lora(model) else model
-    merged = {}
-    if is_lora(model):
-        from peft.tuners.lora import LoraLayer
-
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                weight = module.get_base_layer().weight
-                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
-                merged[f"{name}.weight"] = (weight + delta).detach()
-    bucket, size = [], 0
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        name = name.replace(".base_layer.", ".")
-        tensor = merged.get(name, tensor)
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-    if bucket:
-        yield bucket
+def _head_size_message(model: str, head_size: int | None) -> str:
+    which = f"head size {head_size}" if head_size is not None else "a head size"
+    return (f"{model} has {which} that vLLM's CPU kernels do not run: its attention takes head sizes "
+            f"{', '.join(map(str, CPU_HEAD_SIZES))} (head_dim, or hidden_size / num_attention_heads), and Qwen3.5's "
+            "gated delta net rejects 32 (64 works). On CPU use a model with one of those (a tiny model: "
+            "python -m rlvr.devtools.make_tiny_model --hidden-size 128, or 256 for qwen3_5), or rollout.engine=hf.")
 
 
 def _explain_start_failure(error: Exception, kwargs: dict) -> str:
     text = f"vLLM could not start an engine for {kwargs['model']}: {type(error).__name__}: {error}"
     lowered = str(error).lower()
     if on_cpu() and "head" in lowered and "size" in lowered:
-        text += (f"\nvLLM's CPU attention supports head sizes {', '.join(map(str, CPU_HEAD_SIZES))} only "
-                 "(hidden_size / num_attention_heads); on CPU use a model with one of those, e.g. a tiny model "
-                 "made with --hidden-size 128 or 256, or use rollout.engine=hf.")
+        text += "\n" + _head_size_message(kwargs["model"], None)
     if on_cpu() and "bf16" in lowered:
         text += "\nOn CPU this model needs model.dtype=bfloat16 for vLLM."
     return text

@@ -1,0 +1,259 @@
+"""The vLLM engine itself: weight sync (full and LoRA), one engine per rank, errors, and vLLM imported only when selected.
+
+- After the HF model's weights change, the engine's samples are stale until ``sync_weights``;
+  after it, their log-probs are the training forward's of the NEW weights (1e-5, fp32), also when
+  the change touched the tied embeddings / output head.
+- A peft LoRA policy: the engine gets base + adapter merged (its log-probs are the adapted
+  forward's, far from the base model's).
+- Two processes (torchrun, gloo): each rank's engine samples its own prompts, with the samples
+  a single-process engine gives for the same seeds, and syncs its own weights.
+- Errors: no vllm installed, a head size vLLM's CPU kernels do not run; a prompt whose images
+  are missing.
+- ``make_engine`` with rollout.engine=hf never imports vllm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+if __name__ != "__main__":
+    pytest.importorskip("vllm")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from rlvr.rollout.vllm_env import patch_broken_torchvision  # noqa: E402
+
+patch_broken_torchvision()  # before transformers' image processing imports torchvision
+
+from rlvr.batch import PromptInputs, collate_sequences  # noqa: E402
+from rlvr.config import Config, RolloutConfig  # noqa: E402
+from rlvr.logprobs import response_logprobs  # noqa: E402
+from rlvr.models import load_model, load_processor, stop_token_ids  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PIXELS = (3136, 200_000)
+
+
+def _config(path: str) -> Config:
+    cfg = Config()
+    cfg.model.name_or_path, cfg.model.dtype = path, "float32"
+    cfg.data.min_pixels, cfg.data.max_pixels, cfg.data.max_prompt_tokens = *PIXELS, 512
+    cfg.rollout = RolloutConfig(group_size=2, max_new_tokens=8, temperature=0.7)
+    cfg.rollout.vllm.enforce_eager, cfg.rollout.vllm.max_num_seqs = True, 32
+    return cfg
+
+
+def _prompts(processor, texts: list[str]) -> list[PromptInputs]:
+    out = []
+    for i, text in enumerate(texts):
+        images = [Image.new("RGB", (56 + 28 * i, 84), (40 * i % 255, 120, 30))] if i % 2 == 0 else []
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        chat = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+        enc = processor(text=[chat], images=images or None, return_tensors="pt")
+        out.append(PromptInputs(enc["input_ids"][0], enc["mm_token_type_ids"][0], enc.get("pixel_values"),
+                                enc.get("image_grid_thw"), images or None))
+    return out
+
+
+def _gap(model, prompts, responses, pad: int, temperature: float = 0.7) -> float:
+    """Largest gap between the recorded log-probs and ``model``'s training forward."""
+    batch = collate_sequences([prompts[r.prompt_index] for r in responses], [r.token_ids for r in responses], pad)
+    with torch.no_grad():
+        forward, _ = response_logprobs(model, batch, temperature=temperature)  # [B, R]
+    recorded = torch.zeros_like(forward)
+    for row, r in enumerate(responses):
+        recorded[row, :len(r.logprobs)] = r.logprobs
+    return float(((forward - recorded).abs() * batch["response_mask"]).max())
+
+
+def _add_noise(model, seed: int, scale: float = 0.05) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    from rlvr.devtools.make_tiny_model import make_tiny_model, vllm_text_sizes
+
+    return make_tiny_model("qwen2_5_vl", str(tmp_path_factory.mktemp("vllm-engine")), text=vllm_text_sizes("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir):
+    from rlvr.rollout.vllm import VLLMEngine
+
+    processor = load_processor(model_dir, *PIXELS)
+    model = load_model(model_dir, dtype="float32").eval()
+    stop, pad = stop_token_ids(processor, model), processor.tokenizer.pad_token_id
+    engine = VLLMEngine(_config(model_dir), stop, pad)
+    prompts = _prompts(processor, ["What colour is it?", "no image here", "And the size?"])
+    yield processor, model, engine, prompts, pad
+    engine.close()
+
+
+def test_weight_sync_makes_samples_follow_the_new_weights(setup):
+    processor, model, engine, prompts, pad = setup
+    before = engine.generate(prompts, seeds=[1, 2, 3])
+    assert _gap(model, prompts, before, pad) < 1e-5
+    _add_noise(model, seed=0)  # every tensor, the tied embedding / output head included
+    stale = engine.generate(prompts, seeds=[1, 2, 3])
+    assert _gap(model, prompts, stale, pad) > 0.1  # the engine still samples the old weights
+    report = engine.sync_weights(model)
+    state = model.state_dict()  # lm_head.weight is the tied embedding: sent once, as embed_tokens
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert report.tensors == len(state) - 1
+    assert report.bytes == sum(t.numel() * t.element_size() for k, t in state.items() if k != "lm_head.weight")
+    assert report.seconds > 0 and report.metrics()["rollout/sync_mib"] == report.bytes / 2**20
+    after = engine.generate(prompts, seeds=[1, 2, 3])
+    assert _gap(model, prompts, after, pad) < 1e-5
+    # the prefix and encoder caches held the old weights' prompts and images: same seeds, new samples
+    assert [r.token_ids.tolist() for r in after] != [r.token_ids.tolist() for r in before]
+
+
+def test_lora_policy_syncs_merged_weights(setup):
+    from peft import LoraConfig, get_peft_model
+
+    from rlvr.lora import inner_model
+
+    processor, model, engine, prompts, pad = setup
+    policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                              target_modules=r".*language_model.*(q_proj|v_proj|down_proj)"))
+    try:
+        report = engine.sync_weights(policy)
+        adapters = [k for k in model.state_dict() if "lora_" in k]
+        assert len(adapters) > 0 and report.tensors == len(model.state_dict()) - len(adapters) - 1  # merged, not sent
+        responses = engine.generate(prompts, seeds=[4, 5, 6])
+        assert _gap(inner_model(policy), prompts, responses, pad) < 1e-5  # base + adapter
+        with policy.disable_adapter():
+            assert _gap(inner_model(policy), prompts, responses, pad) > 0.1  # not the base alone
+    finally:
+        policy.unload()  # the module's model without adapters again, for the tests after this one
+        engine.sync_weights(model)
+
+
+def test_prompt_with_image_placeholders_needs_its_images(setup):
+    processor, model, engine, prompts, pad = setup
+    bare = PromptInputs(prompts[0].input_ids, prompts[0].mm_token_type_ids, prompts[0].pixel_values,
+                        prompts[0].image_grid_thw, None)
+    with pytest.raises(ValueError, match="needs PromptInputs.images"):
+        engine.generate([bare], seeds=[1])
+
+
+def test_collapse_placeholders():
+    from rlvr.rollout.vllm import collapse_placeholders
+
+    ids = torch.tensor([1, 7, 9, 9, 9, 8, 2, 7, 9, 9, 8, 9])  # 9 = <|image_pad|>
+    assert collapse_placeholders(ids, 9) == [1, 7, 9, 8, 2, 7, 9, 8, 9]
+    assert collapse_placeholders(ids, None) == ids.tolist()
+
+
+def test_prepare_sets_vllm_environment_and_keeps_the_users(monkeypatch):
+    from rlvr.rollout import vllm_env
+
+    for key in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    monkeypatch.setattr(vllm_env, "on_cpu", lambda: True)
+    assert vllm_env.prepare(cpu_kv_cache_gib=3.4) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                                                       "VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+
+
+def test_missing_vllm_names_the_install_command(monkeypatch):
+    from rlvr.rollout.vllm import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'rlvr\[vllm\]'"):
+        import_vllm()
+
+
+def test_unsupported_head_size_says_which_work(tmp_path):
+    from rlvr.devtools.make_tiny_model import make_tiny_model
+    from rlvr.rollout.vllm import VLLMEngine
+
+    path = make_tiny_model("qwen2_5_vl", str(tmp_path / "h16"), text={"hidden_size": 64, "intermediate_size": 128})
+    with pytest.raises(ValueError, match="head size 16 .* 32, 64, 80"):
+        VLLMEngine(_config(path), [1], 0)  # before vLLM starts (it would start, then fail at the first generate)
+
+
+def test_vllm_is_imported_only_when_selected():
+    code = ("import sys\n"
+            "from rlvr.config import Config\n"
+            "from rlvr.rollout import make_engine, HFEngine\n"
+            "cfg = Config()\n"
+            "engine = make_engine(cfg, [1], 0, policy=object())\n"
+            "assert isinstance(engine, HFEngine), engine\n"
+            "assert 'vllm' not in sys.modules and 'rlvr.rollout.vllm' not in sys.modules, 'vllm imported'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------- two processes
+
+
+def _rank_main(model_dir: str, out_dir: str) -> None:
+    """One rank of the 2-process test: its own engine, its own prompts, a sync of its own weights."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from rlvr.rollout.vllm import VLLMEngine
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    accelerator = SimpleNamespace(num_processes=dist.get_world_size(), process_index=rank)
+    processor = load_processor(model_dir, *PIXELS)
+    model = load_model(model_dir, dtype="float32").eval()
+    pad = processor.tokenizer.pad_token_id
+    engine = VLLMEngine(_config(model_dir), stop_token_ids(processor, model), pad, accelerator=accelerator)
+    prompts = _prompts(processor, [f"rank {rank} asks about the picture", "a question without an image"])
+    first = engine.generate(prompts, seeds=[100 + rank, 200 + rank])
+    _add_noise(model, seed=10 + rank)  # each rank its own update
+    engine.sync_weights(model)
+    second = engine.generate(prompts, seeds=[100 + rank, 200 + rank])
+    result = {"rank": rank, "gap_after_sync": _gap(model, prompts, second, pad),
+              "tokens": [r.token_ids.tolist() for r in first], "prompts": [p.input_ids.tolist() for p in prompts]}
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    os._exit(0)  # vLLM's and gloo's teardown at interpreter exit is not needed
+
+
+def test_two_processes_each_run_their_own_engine(setup, model_dir, tmp_path):
+    processor, model, engine, prompts, pad = setup
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           os.path.abspath(__file__), model_dir, str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=420)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    fresh = load_model(model_dir, dtype="float32").eval()
+    engine.sync_weights(fresh)  # the module's engine back to the weights on disk, as the ranks started
+    for rank, result in enumerate(results):
+        assert result["gap_after_sync"] < 1e-5, result
+        rank_prompts = _prompts(processor, [f"rank {rank} asks about the picture", "a question without an image"])
+        assert [p.input_ids.tolist() for p in rank_prompts] == result["prompts"]
+        # a single-process engine, same weights and seeds: the same samples
+        alone = engine.generate(rank_prompts, seeds=[100 + rank, 200 + rank])
+        assert [r.token_ids.tolist() for r in alone] == result["tokens"], rank
+    assert results[0]["tokens"] != results[1]["tokens"]
+    engine.sync_weights(model)
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1], sys.argv[2])
