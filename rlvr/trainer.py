@@ -272,12 +272,16 @@ class Trainer:
             yield inner_model(module.policy), synced
 
     def _ready_engine(self) -> dict[str, float]:
-        """Wake the engine and send it the policy's weights if an update changed them; the sync's metrics."""
+        """Send the engine the policy's weights if an update changed them, then wake it; the sync's metrics.
+
+        In this order a sleeping vLLM engine takes its weights back before its KV cache, so
+        the cache is not held while the new weights stream in.
+        """
+        report = None
+        if self._engine_stale:
+            report = self.engine.sync_weights(self.accelerator.unwrap_model(self.model).policy)
+            self._engine_stale = False
         self.engine.wake()
-        if not self._engine_stale:
-            return {}
-        report = self.engine.sync_weights(self.accelerator.unwrap_model(self.model).policy)
-        self._engine_stale = False
         return report.metrics() if report is not None else {}
 
     # ------------------------------------------------------------------ one step

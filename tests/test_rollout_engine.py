@@ -169,6 +169,6 @@ def test_the_trainer_sends_the_weights_after_every_update_and_before_evaluating(
     # before the first rollout (a resumed run's weights are not the folder's), after each update before
     # the next rollout and before the evaluation at the last step; every sync sees new weights
     assert [c if not c.startswith("sync:") else "sync" for c in calls] == [
-        "wake", "sync", "generate", "sleep", "wake", "sync", "generate", "sleep",
-        "wake", "sync", "generate", "sleep", "close"]
+        "sync", "wake", "generate", "sleep", "sync", "wake", "generate", "sleep",
+        "sync", "wake", "generate", "sleep", "close"]
     assert len(set(syncs)) == 3
