@@ -227,8 +227,9 @@ class VLLMEngine(RolloutEngine):
             if len(output.prompt_token_ids) != expected:
                 raise RuntimeError(
                     f"vLLM expanded prompt {i} to {len(output.prompt_token_ids)} tokens, the run's processor to "
-                    f"{expected}: its images were resized differently, so every position would be off. "
-                    "Process prompts with the run's data.min_pixels/max_pixels (rlvr.models.load_processor).")
+                    f"{expected}: its images were resized differently (or a prompt's placeholders are not one run per "
+                    "image), so every position would be off. Process prompts with the run's data.min_pixels/max_pixels "
+                    "(rlvr.models.load_processor).")
             responses.append(_response(i, output.outputs[0], self.stop_ids))
         return responses
 

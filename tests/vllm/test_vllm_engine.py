@@ -156,6 +156,41 @@ def test_collapse_placeholders():
     assert collapse_placeholders(ids, None) == ids.tolist()
 
 
+def test_sampling_params_follow_rollout_settings():
+    import vllm
+
+    from rlvr.rollout.vllm import _sampling_params
+
+    settings = RolloutConfig(temperature=0.7, top_p=0.9, top_k=20, max_new_tokens=33, min_new_tokens=3)
+    p = _sampling_params(vllm, settings, [5, 6], seed=123, greedy=False)
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.seed) == (1, 0.7, 0.9, 20, 123)
+    assert (p.max_tokens, p.min_tokens, sorted(p.stop_token_ids)) == (33, 3, [5, 6])
+    # the model's own eos stops a response only when it is one of ours; the sampled token's log-prob, no text
+    assert p.ignore_eos and p.logprobs == 0 and not p.detokenize
+    g = _sampling_params(vllm, settings, [5], seed=123, greedy=True)
+    assert (g.temperature, g.top_p, g.top_k, g.seed) == (0.0, 1.0, 0, None)
+
+
+def test_engine_arguments(model_dir):
+    from types import SimpleNamespace
+
+    from rlvr.rollout.vllm import engine_kwargs
+
+    cfg = _config(model_dir)
+    one = engine_kwargs(cfg)
+    assert one["model"] == model_dir and one["dtype"] == "float32"  # auto on CPU too
+    assert one["max_model_len"] == 512 + 8  # data.max_prompt_tokens + rollout.max_new_tokens
+    assert one["logprobs_mode"] == "processed_logprobs" and one["generation_config"] == "vllm"
+    assert one["mm_processor_kwargs"] == {"size": {"shortest_edge": 3136, "longest_edge": 200_000}}
+    assert one["enable_prefix_caching"] and one["limit_mm_per_prompt"]["image"] >= 8
+    assert "distributed_executor_backend" not in one and "gpu_memory_utilization" not in one  # CPU
+    # two processes: each rank its own TP=1 engine on its own device (LOCAL_RANK), inside the run's group
+    two = engine_kwargs(cfg, SimpleNamespace(num_processes=2, process_index=1))
+    assert two["distributed_executor_backend"] == "external_launcher" and two["seed"] == one["seed"] + 1
+    cfg.rollout.vllm.max_model_len = 300
+    assert engine_kwargs(cfg)["max_model_len"] == 300
+
+
 def test_prepare_sets_vllm_environment_and_keeps_the_users(monkeypatch):
     from rlvr.rollout import vllm_env
 
