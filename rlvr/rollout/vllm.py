@@ -102,14 +102,19 @@ def never_sample_processor():
     It runs before temperature and filtering (it is not argmax-invariant), so greedy decoding
     never picks them either and the processed log-probs are normalised without them. The
     token ids come from the engine's model config, as ``never_sample_ids`` reads the policy's.
+    One class serves both of vLLM's model runners: V1 (CPU, and GPU where vLLM picks it) builds
+    it as ``(vllm_config, device, is_pin_memory)`` and calls ``apply(logits)``; V2 (the GPU
+    default) builds it as ``(vllm_config, req_states)`` and calls ``apply(logits, ctx)``.
     """
     global _PROCESSOR_CLASS
     if _PROCESSOR_CLASS is not None:
         return _PROCESSOR_CLASS
-    from vllm.v1.sample.logits_processor import LogitsProcessor
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1Processor
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2Processor
 
-    class NeverSampleVisionTokens(LogitsProcessor):
-        def __init__(self, vllm_config, device, is_pin_memory):
+    class NeverSampleVisionTokens(V1Processor, V2Processor):
+        def __init__(self, vllm_config, device_or_states, is_pin_memory: bool = False):
+            device = getattr(device_or_states, "device", device_or_states)  # V2 passes its request states
             holder = type("ConfigHolder", (), {"config": vllm_config.model_config.hf_config})
             self.ids = torch.tensor(never_sample_ids(holder), dtype=torch.long, device=device)
 
@@ -119,7 +124,7 @@ def never_sample_processor():
         def update_state(self, batch_update) -> None:
             pass
 
-        def apply(self, logits: torch.Tensor) -> torch.Tensor:  # [n, V]
+        def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:  # [n, V], every row
             if self.ids.numel():
                 logits.index_fill_(-1, self.ids, float("-inf"))
             return logits

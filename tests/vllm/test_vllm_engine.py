@@ -148,6 +148,29 @@ def test_prompt_with_image_placeholders_needs_its_images(setup):
         engine.generate([bare], seeds=[1])
 
 
+def test_vision_token_processor_serves_both_model_runners(model_dir):
+    """CPU runs vLLM's V1 model runner; GPUs default to V2, whose processors have another interface."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1Processor
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2Processor
+
+    from rlvr.rollout.vllm import never_sample_processor
+
+    cls = never_sample_processor()
+    assert issubclass(cls, V1Processor) and issubclass(cls, V2Processor)
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    vllm_config = SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config))
+    vision = [hf_config.image_token_id, hf_config.video_token_id, hf_config.vision_start_token_id,
+              hf_config.vision_end_token_id]
+    v1 = cls(vllm_config, torch.device("cpu"), False)
+    v2 = cls(vllm_config, SimpleNamespace(device=torch.device("cpu"), max_num_reqs=4, vocab_size=400))
+    assert not v1.is_argmax_invariant() and v2.add_request(0, None)
+    for logits in (v1.apply(torch.zeros(3, 400)), v2.apply(torch.zeros(3, 400), None)):
+        assert bool(logits[:, vision].isneginf().all()) and int(logits.isneginf().sum()) == 3 * len(vision)
+
+
 def test_collapse_placeholders():
     from rlvr.rollout.vllm import collapse_placeholders
 
