@@ -180,7 +180,7 @@ class VLLMEngine(RolloutEngine):
         inspect_models_in_process()
         kwargs = engine_kwargs(cfg, accelerator)
         if on_cpu():  # vLLM itself would start, then fail at the first generate
-            check_cpu_head_size(kwargs["model"], cfg.model.trust_remote_code)
+            check_cpu_model(kwargs["model"], kwargs["dtype"], cfg.model.trust_remote_code)
         start = time.perf_counter()
         try:
             self.llm = self.vllm.LLM(**kwargs)
@@ -294,14 +294,17 @@ def _reprocess_output_heads(worker) -> int:
     return len(heads)
 
 
-def check_cpu_head_size(model: str, trust_remote_code: bool = False) -> None:
-    """Raise, with what to change, when the model's attention head size is one vLLM's CPU kernels do not run."""
+def check_cpu_model(model: str, dtype: str, trust_remote_code: bool = False) -> None:
+    """Raise, with what to change, for a model vLLM's CPU kernels would start but not run (at the first generate)."""
     from transformers import AutoConfig
 
     text = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).get_text_config()
     head_size = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_size not in CPU_HEAD_SIZES:
         raise ValueError(_head_size_message(model, head_size))
+    if "linear_attention" in (getattr(text, "layer_types", None) or []) and dtype != "bfloat16":
+        raise ValueError(f"{model} has linear-attention (gated delta net) layers, which vLLM runs on CPU in bf16 "
+                         f"only; its dtype here is {dtype}. Set model.dtype=bfloat16 (or use rollout.engine=hf).")
 
 
 def _head_size_message(model: str, head_size: int | None) -> str:
@@ -317,6 +320,4 @@ def _explain_start_failure(error: Exception, kwargs: dict) -> str:
     lowered = str(error).lower()
     if on_cpu() and "head" in lowered and "size" in lowered:
         text += "\n" + _head_size_message(kwargs["model"], None)
-    if on_cpu() and "bf16" in lowered:
-        text += "\nOn CPU this model needs model.dtype=bfloat16 for vLLM."
     return text

@@ -243,6 +243,16 @@ def test_unsupported_head_size_says_which_work(tmp_path):
         VLLMEngine(_config(path), [1], 0)  # before vLLM starts (it would start, then fail at the first generate)
 
 
+def test_qwen3_5_on_cpu_needs_bf16(tmp_path):
+    from rlvr.devtools.make_tiny_model import make_tiny_model, vllm_text_sizes
+    from rlvr.rollout.vllm import check_cpu_model
+
+    path = make_tiny_model("qwen3_5", str(tmp_path / "q35"), text=vllm_text_sizes("qwen3_5"))
+    with pytest.raises(ValueError, match="model.dtype=bfloat16"):
+        check_cpu_model(path, "float32")  # vLLM would start, then fail its first generate
+    check_cpu_model(path, "bfloat16")
+
+
 def test_vllm_is_imported_only_when_selected():
     code = ("import sys\n"
             "from rlvr.config import Config\n"
