@@ -257,6 +257,9 @@ def rlvr_facts(trainer, image_id: int) -> dict:
     return {
         "sequences": len(responses),
         "response tokens (min, max)": (min(lengths), max(lengths)),
+        # how the short ones ended, if any: a stop token sampled before rollout.min_new_tokens, or cut
+        "short responses (ended by)": sorted({f"{len(r.token_ids)}: {r.finish_reason} {int(r.token_ids[-1])}"
+                                              for r in responses if len(r.token_ids) < max(lengths)}) or "-",
         "prompt tokens": sorted({len(p.input_ids) for p in prompts}),
         "image tokens per prompt": sorted({int((p.input_ids == image_id).sum()) for p in prompts}),
         "rewards computed": trainer._bench_rewards,
@@ -312,8 +315,10 @@ def check_facts(name: str, facts: dict, s: Settings) -> None:
     }
     wrong = {k: (facts[k], v) for k, v in want.items() if facts[k] != v}
     if wrong:
+        short = facts.get("short responses (ended by)", "-")
         raise SystemExit(f"{name} did not do the benchmark's work: " + "; ".join(
-            f"{k} = {got}, expected {exp}" for k, (got, exp) in wrong.items()))
+            f"{k} = {got}, expected {exp}" for k, (got, exp) in wrong.items())
+            + (f" (short responses, length: finish reason and last token: {short})" if short != "-" else ""))
 
 
 # --------------------------------------------------------------------------- main
