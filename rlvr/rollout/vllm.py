@@ -23,6 +23,7 @@ names; then the prefix and encoder caches, computed with the old weights, are dr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import torch
@@ -165,6 +166,31 @@ def _response(prompt_index: int, completion, stop_ids: list[int]) -> Response:
     return Response(prompt_index, tokens, logprobs, finished)
 
 
+@contextlib.contextmanager
+def rng_preserved():
+    """Keep the process's global random states (Python, NumPy, torch CPU and CUDA) as they were.
+
+    In-process vLLM reseeds them when its engine starts (``seed``), and its CPU sampler draws
+    from torch's global generator at every decode step even when each request has its own
+    seed: without this, a resumed run's restored RNG would be overwritten and training's
+    random stream would depend on how much was sampled.
+    """
+    import random
+
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
 class VLLMEngine(RolloutEngine):
     """A colocated vLLM engine for run config ``cfg`` (one per training process)."""
 
@@ -183,7 +209,8 @@ class VLLMEngine(RolloutEngine):
             check_cpu_model(kwargs["model"], kwargs["dtype"], cfg.model.trust_remote_code)
         start = time.perf_counter()
         try:
-            self.llm = self.vllm.LLM(**kwargs)
+            with rng_preserved():
+                self.llm = self.vllm.LLM(**kwargs)
         except Exception as e:  # vLLM's own message, with what to change where we know it
             raise RuntimeError(_explain_start_failure(e, kwargs)) from e
         self.start_seconds = time.perf_counter() - start
@@ -221,7 +248,8 @@ class VLLMEngine(RolloutEngine):
                 params.append(_sampling_params(self.vllm, settings, self.stop_ids, mix_seed(seeds[i], j), greedy))
                 owners.append(i)
         try:
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            with rng_preserved():
+                outputs = self.llm.generate(requests, params, use_tqdm=False)
         except RuntimeError as e:  # e.g. Qwen3.5's gated delta net on CPU: "Unexpected head dim size, 32"
             if on_cpu() and "head" in str(e).lower() and "dim" in str(e).lower():
                 raise RuntimeError(f"{e}\n{_head_size_message(self.llm.llm_engine.model_config.model, None)}") from e

@@ -38,6 +38,7 @@ from rlvr.models import load_model, load_processor, stop_token_ids  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PIXELS = (3136, 200_000)
+_RNG_AFTER_ENGINE: dict = {}  # filled by the setup fixture
 
 
 def _config(path: str) -> Config:
@@ -94,8 +95,12 @@ def setup(model_dir):
     processor = load_processor(model_dir, *PIXELS)
     model = load_model(model_dir, dtype="float32").eval()
     stop, pad = stop_token_ids(processor, model), processor.tokenizer.pad_token_id
+    torch.manual_seed(1234)
     engine = VLLMEngine(_config(model_dir), stop, pad)
     prompts = _prompts(processor, ["What colour is it?", "no image here", "And the size?"])
+    engine.generate(prompts, seeds=[7, 8, 9])
+    drawn = torch.rand(4)  # vLLM reseeds at start and draws at every sampling step, in this process
+    _RNG_AFTER_ENGINE.update(drawn=drawn, expected=torch.rand(4, generator=torch.Generator().manual_seed(1234)))
     yield processor, model, engine, prompts, pad
     engine.close()
 
@@ -138,6 +143,11 @@ def test_lora_policy_syncs_merged_weights(setup):
     finally:
         policy.unload()  # the module's model without adapters again, for the tests after this one
         engine.sync_weights(model)
+
+
+def test_engine_leaves_the_global_random_state_alone(setup):
+    # the global draws after seeding, starting an engine and sampling: as if neither had happened
+    assert torch.equal(_RNG_AFTER_ENGINE["drawn"], _RNG_AFTER_ENGINE["expected"])
 
 
 def test_prompt_with_image_placeholders_needs_its_images(setup):
