@@ -17,8 +17,12 @@ distribution is formed, so they are never sampled and are outside its normaliser
 the training forward leaves them out (``rlvr.logprobs``).
 
 Weight sync: the policy's weights, LoRA merged and ZeRO-3 gathered a bucket at a time
-(``rlvr.rollout.weight_sync.iter_weights``), go through vLLM's in-place ``reload_weights`` under their transformers
-names; then the prefix and encoder caches, computed with the old weights, are dropped.
+(``rlvr.rollout.weight_sync.iter_weights``), go through vLLM's in-place ``reload_weights``
+under their transformers names; then the output head is reprocessed (a tied head kept its
+CPU-packed old weights), and the prefix and encoder caches of the old weights are dropped.
+
+vLLM runs in this process and would reseed, and draw from, its global random generators;
+``rng_preserved`` keeps them as they were around everything vLLM does here.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+
 import torch
 
 from rlvr.batch import PromptInputs, Response
@@ -39,7 +44,7 @@ from rlvr.rollout.weight_sync import WeightStats, iter_weights
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'rlvr[vllm]'"
-# Head sizes the CPU attention backend of vLLM 0.32 accepts (measured: README, Rollout engines)
+# Head sizes the CPU attention backend of vLLM 0.32 accepts (its kernels' list; others fail at the first generate)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
