@@ -225,7 +225,8 @@ class VLLMEngine(RolloutEngine):
                  self.start_seconds, kwargs["dtype"], kwargs["max_model_len"],
                  ", one engine per rank" if "distributed_executor_backend" in kwargs else "")
         if on_cpu() and cfg.rollout.vllm.sleep_level > 0:
-            log.info("vLLM on CPU: sleep()/wake() do nothing (sleep mode needs a GPU); rollout.vllm.sleep_level ignored")
+            log.info("vLLM on CPU: sleep()/wake() do nothing (sleep mode needs a GPU); "
+                     "rollout.vllm.sleep_level ignored")
 
     # ------------------------------------------------------------------ sampling
 

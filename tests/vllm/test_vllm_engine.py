@@ -1,4 +1,4 @@
-"""The vLLM engine itself: weight sync (full and LoRA), one engine per rank, errors, and vLLM imported only when selected.
+"""The vLLM engine itself: weight sync (full and LoRA), one engine per rank, errors, vLLM imported only when selected.
 
 - After the HF model's weights change, the engine's samples are stale until ``sync_weights``;
   after it, their log-probs are the training forward's of the NEW weights (1e-5, fp32), also when
@@ -85,7 +85,8 @@ def _add_noise(model, seed: int, scale: float = 0.05) -> None:
 def model_dir(tmp_path_factory) -> str:
     from rlvr.devtools.make_tiny_model import make_tiny_model, vllm_text_sizes
 
-    return make_tiny_model("qwen2_5_vl", str(tmp_path_factory.mktemp("vllm-engine")), text=vllm_text_sizes("qwen2_5_vl"))
+    out = str(tmp_path_factory.mktemp("vllm-engine"))
+    return make_tiny_model("qwen2_5_vl", out, text=vllm_text_sizes("qwen2_5_vl"))
 
 
 @pytest.fixture(scope="module")
