@@ -92,6 +92,11 @@ def engine_kwargs(cfg, accelerator=None) -> dict:
     if not on_cpu():
         kwargs["gpu_memory_utilization"] = vcfg.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = vcfg.sleep_level > 0
+    else:
+        # Whole prefills: vLLM 0.32's runner rewinds a seeded request's generator when its prefill
+        # is split over steps, which a CPU generator cannot do ("CPU Generator does not use offset";
+        # the demo's 256 requests a step split).
+        kwargs["enable_chunked_prefill"] = False
     if processes > 1:
         # One independent TP=1 engine per rank inside the already initialised process group
         # (vLLM lays its groups out as external-DP x TP; TRL's and verl's colocated mode).
