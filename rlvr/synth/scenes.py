@@ -35,7 +35,7 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 COLOURS = {"red": (214, 39, 40), "blue": (31, 119, 220), "green": (44, 160, 44), "yellow": (240, 200, 20),
            "purple": (148, 80, 189), "orange": (245, 127, 14)}
 DARK_MARKS = ("yellow", "orange")  # colours on which marks are drawn black, not white
-WORDS = ("SUN", "CAT", "BOX", "SKY", "MAP", "OWL")
+WORDS = ("SUN", "CAT", "CUP", "SKY", "MAP", "OWL")  # none a word the checks flag ("box")
 BACKGROUND = (236, 236, 232)
 # Dot layouts (dice-like), offsets in units of the dot spacing.
 _DOTS = {1: [(0, 0)], 2: [(-1, -1), (1, 1)], 3: [(-1, -1), (0, 0), (1, 1)],
