@@ -60,7 +60,8 @@ def test_a_fenced_reply_with_text_around_it_parses_into_a_query():
 def test_an_unfenced_object_after_a_braced_aside_parses_and_numbers_and_variants_are_optional():
     obj = _reply(answer=2.5)
     del obj["last_hop_question"]
-    q = _parse("Thinking {briefly}. " + json.dumps(obj) + " Done.")
+    # an example object before the reply's own: the one with a "question" is taken
+    q = _parse('Thinking {briefly}, format {"hops": []}. ' + json.dumps(obj) + " Done.")
     assert isinstance(q, Query), q
     assert q.answer == "2.5" and q.variants == {"second_half": obj["second_half_question"]}
 
@@ -193,3 +194,8 @@ def test_a_writer_round_through_the_scripted_client():
     assert client.failures == {}  # the requests are well-formed for every backend (chat.normalise)
     results = [parse_query(r[0], RECORD, COMBO, f"kitchen-q{i}", "vlm:scripted") for i, r in enumerate(replies)]
     assert isinstance(results[0], Query) and results[1] == Rejection("unparseable", "no JSON object in the reply 'no JSON today'")
+
+
+def test_a_fenced_block_wins_over_an_object_in_the_surrounding_text():
+    text = 'The format was {"question": "...", "hops": []}; mine:\n```json\n' + json.dumps(_reply()) + "\n```"
+    assert isinstance(_parse(text), Query)

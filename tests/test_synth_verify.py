@@ -85,7 +85,7 @@ def test_the_annotators_round_trip(tmp_path, name):
             rows = [json.loads(line) for line in f]
     assert list(rows[0]) == ["id", "image", "question", "answer_1", "answer_2", "answer_3"]
     assert rows[1]["image"] == "/data/images/scene.png" and rows[1]["answer_2"] == ""
-    filled = {"q1": ["3", "3.0", " 3 "], "q2": ["1/2", "0.5", "0.6"], "q3": ["12", "", "12"], "q4": ["3", "3", "3"]}
+    filled = {"q1": ["3", "3.0", " 3 "], "q2": ["1/2", "0.5", "0.6"], "q3": ["12", " ", "12"], "q4": ["3", "3", "3"]}
     for row in rows:
         row.update(zip(["answer_1", "answer_2", "answer_3"], filled[row["id"]]))
     rows = [r for r in rows if r["id"] != "q4"]  # nobody got to q4
