@@ -41,7 +41,7 @@ SPATIAL = ("right", "left", "above", "below")
 # link template -> what the single hop before it reads (the value the link needs)
 LINK_READS = {"same_colour": "colour", "same_shape": "shape", "dots_for_digit": "digit", "digit_for_dots": "dots",
               **{d: "checkpoint" for d in SPATIAL}}
-READ_TEXT = {"colour": "Note its colour.", "shape": "Note what kind of shape it is.",
+READ_TEXT = {"colour": "Note its colour.", "shape": "Note what kind of {noun} it is.",
              "digit": "Read the digit written on it.", "dots": "Count the dots on it."}
 LINK_TEXT = {"right": "Then find the nearest {noun} to its right in the same row.",
              "left": "Then find the nearest {noun} to its left in the same row.",
@@ -201,7 +201,7 @@ def _hops(chain: list[Instance], links: list[str], reads: list[str], final: str,
         lead = f"Find {anchor_text}. " if j == 0 else ""
         if j < len(chain) - 1 or final == "colour_count":
             read = reads[j] if j < len(chain) - 1 else "colour"
-            hops.append(Hop(lead + READ_TEXT[read], [x.id], "single", read_answer(read, x)))
+            hops.append(Hop(lead + READ_TEXT[read].format(noun=noun), [x.id], "single", read_answer(read, x)))
     x = chain[-1]
     answer = str(final_answer(final, x, insts))
     if final == "colour_count":
