@@ -32,7 +32,8 @@ import collections
 import html
 import io
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from rlvr.files import atomic_write, write_jsonl
 from rlvr.synth.records import ImageRecord, Query, to_dict
