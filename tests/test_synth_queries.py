@@ -199,3 +199,11 @@ def test_a_writer_round_through_the_scripted_client():
 def test_a_fenced_block_wins_over_an_object_in_the_surrounding_text():
     text = 'The format was {"question": "...", "hops": []}; mine:\n```json\n' + json.dumps(_reply()) + "\n```"
     assert isinstance(_parse(text), Query)
+
+
+def test_cues_count_in_the_question_and_its_variants_not_in_hop_texts():
+    hops = _reply()["hops"]
+    named = [{**hops[0], "text": "Which sign (sign-1) is above mug-1?"}, *hops[1:]]
+    assert isinstance(_parse(json.dumps(_reply(hops=named))), Query)
+    cued = _parse(json.dumps(_reply(second_half_question="How many stripes does book-1 have?")))
+    assert isinstance(cued, Rejection) and cued.reason == "low_level_cue" and "book-1" in cued.detail

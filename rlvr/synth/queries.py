@@ -11,8 +11,9 @@ The prompt states HopChain's rules (see WRITER_RULES). ``parse_query`` rejects, 
 wrong type (missing_field), fewer than 3 hops (too_few_hops), a final answer rlvr's gold parser
 refuses (answer_not_a_number: the rule training applies to golds), a hop naming an instance
 outside the combination (unknown_instance), a combination instance no hop names
-(unused_instance), text that points at the prompt's drawing aids instead of the objects
-(low_level_cue: ``low_level_cue`` gives the exact rule), and two consecutive hops at the same
+(unused_instance), a question or variant that points at the prompt's drawing aids instead
+of the objects (low_level_cue: ``low_level_cue`` gives the exact rule; hop texts are metadata
+and not checked), and two consecutive hops at the same
 perception level (level_not_alternating).
 """
 
@@ -239,7 +240,8 @@ def parse_query(text: str | None, record: ImageRecord, combo: Sequence[Instance]
                                                          ("second_half", "second_half_question"))
                 if isinstance(obj.get(key), str) and obj[key].strip()}
     rejection = _check_chain(hops, combo, require_alternation)
-    rejection = rejection or _first_cue([question.strip(), *[h.text for h in hops], *variants.values()], combo)
+    # only the texts a model will be trained on; hop texts are metadata and may name ids
+    rejection = rejection or _first_cue([question.strip(), *variants.values()], combo)
     if rejection is not None:
         return rejection
     return Query(id=query_id, image=record.image, question=question.strip(), answer=answer, hops=hops,
