@@ -105,12 +105,13 @@ def client(server, **kwargs) -> OpenAIClient:
 def test_n_samples_in_order_and_the_image_arrives_as_a_png_data_url(server, monkeypatch):
     monkeypatch.setenv("TEST_SYNTH_KEY", "secret-123")
     image = noise_image(0)
-    c = client(server, api_key_env="TEST_SYNTH_KEY")
+    c = client(server, api_key_env="TEST_SYNTH_KEY", extra_body={"top_p": 0.9})
     out = c.complete([ask("first", image, n=3, temperature=0.7, max_tokens=50, seed=5), ask("second")])
     assert out == [["first #0", "first #1", "first #2"], ["second #0"]]
     assert c.failures == {} and server.hits == 2
     body = next(b for b in server.bodies if b["n"] == 3)
-    assert (body["model"], body["temperature"], body["max_tokens"], body["seed"]) == ("tiny-vlm", 0.7, 50, 5)
+    assert (body["model"], body["temperature"], body["max_tokens"], body["seed"], body["top_p"]) == \
+        ("tiny-vlm", 0.7, 50, 5, 0.9)
     image_part, text_part = body["messages"][0]["content"]
     assert text_part == {"type": "text", "text": "first"}
     url = image_part["image_url"]["url"]
@@ -207,6 +208,21 @@ def test_a_server_that_ignores_n_and_a_bad_request_are_counted(server, tmp_path)
     assert c.failures == {"fewer_choices": 2, "bad_request": 2} and server.hits == 1
 
 
+def test_an_error_while_sending_one_request_loses_only_that_request(server, monkeypatch):
+    import rlvr.synth.client as module
+
+    def data_url(image):
+        if image.size == (5, 5):
+            raise OSError("cannot encode")
+        return "data:image/png;base64,"
+
+    monkeypatch.setattr(module, "data_url", data_url)
+    c = client(server)
+    assert c.complete([ask("q", noise_image(0, (5, 5))), ask("r", noise_image(0))]) == [[None], ["r #0"]]
+    assert c.failures == {"backend_error": 1}
+    assert c.complete([ask("s", seed="7")]) == [[None]] and c.failures["bad_request"] == 1
+
+
 def test_settings_are_checked_when_the_client_is_built(monkeypatch):
     monkeypatch.delenv("TEST_SYNTH_MISSING", raising=False)
     with pytest.raises(ValueError, match="TEST_SYNTH_MISSING"):
@@ -245,6 +261,8 @@ def test_the_scripted_client_and_complete_never_raising():
 def test_the_engine_client_samples_n_texts_and_greedy_is_reproducible(qwen25_dir):
     from rlvr.synth.client import EngineClient
 
+    with pytest.raises(ValueError, match="cannot load the model at '/nonexistent/model'"):
+        EngineClient("/nonexistent/model")
     c = EngineClient(qwen25_dir, dtype="float32", device="cpu")
     image = noise_image(3, (32, 32))
     requests = [ask("what?", image, n=2, max_tokens=4), ask("text only", n=3, temperature=1.0, max_tokens=4, seed=1)]

@@ -78,6 +78,8 @@ def normalise(request: ChatRequest) -> tuple[list[dict], list[Image.Image]]:
         raise RequestError(f"max_tokens={request.max_tokens!r} must be an integer >= 1")
     if not isinstance(request.temperature, (int, float)) or request.temperature < 0:
         raise RequestError(f"temperature={request.temperature!r} must be a number >= 0 (0: greedy)")
+    if request.seed is not None and (not isinstance(request.seed, int) or isinstance(request.seed, bool)):
+        raise RequestError(f"seed={request.seed!r} must be an integer or None")
     if not isinstance(request.messages, list) or not request.messages:
         raise RequestError("messages must be a non-empty list of {'role': ..., 'content': ...}")
     messages, images = [], []

@@ -100,6 +100,12 @@ class OpenAIClient(VLMClient):
 
     def _one(self, index: int, request: ChatRequest) -> list[str | None]:
         try:
+            return self._ask(index, request)
+        except Exception as e:  # e.g. an extra_body JSON cannot encode: this request is lost, not the batch
+            return self._lost(index, request, "backend_error", f"{type(e).__name__}: {e}")
+
+    def _ask(self, index: int, request: ChatRequest) -> list[str | None]:
+        try:
             messages, images = normalise(request)
         except RequestError as e:
             return self._lost(index, request, "bad_request", str(e))
@@ -248,12 +254,16 @@ class EngineClient(VLMClient):
         if problems:
             raise ConfigError("EngineClient: " + " ".join(problems))
         self.cfg, self._rng = cfg, random.Random(seed)
-        self.processor = load_processor(model_path, cfg.data.min_pixels, cfg.data.max_pixels)
-        model = None
-        if engine == "hf":
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = load_model(model_path, dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-            model.to(device).eval()
+        try:
+            self.processor = load_processor(model_path, cfg.data.min_pixels, cfg.data.max_pixels)
+            model = None
+            if engine == "hf":
+                device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                model = load_model(model_path, dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+                model.to(device).eval()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"EngineClient: cannot load the model at {model_path!r} (a local folder or hub id "
+                             f"with a processor): {e}") from e
         stops = stop_token_ids(self.processor, model or _generation_config_holder(model_path))
         self.engine = make_engine(cfg, stops, self.processor.tokenizer.pad_token_id, policy=model)
 
@@ -283,8 +293,10 @@ class EngineClient(VLMClient):
             seed = request.seed if request.seed is not None else self._rng.randrange(2**62)
             groups[(request.n, float(request.temperature), request.max_tokens)].append((i, prompt, seed))
         for (n, temperature, max_tokens), members in groups.items():
-            # greedy ignores the temperature; 1.0 keeps the sampler's arithmetic away from a division by 0
-            settings = dataclasses.replace(self.cfg.rollout, group_size=n, max_new_tokens=max_tokens,
+            # greedy: one response repeated n times (the n would be equal); the temperature is then
+            # ignored, and 1.0 keeps the sampler's arithmetic away from a division by 0
+            drawn = 1 if temperature == 0 else n
+            settings = dataclasses.replace(self.cfg.rollout, group_size=drawn, max_new_tokens=max_tokens,
                                            temperature=temperature or 1.0)
             try:
                 responses = self.engine.generate([p for _, p, _ in members], [s for _, _, s in members],
@@ -294,8 +306,8 @@ class EngineClient(VLMClient):
                     self._lost(i, requests[i], "engine_error", f"{type(e).__name__}: {e}")
                 continue
             texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
-            for k, (i, _, _) in enumerate(members):  # responses are prompt-major: n per prompt
-                out[i] = texts[k * n:(k + 1) * n]
+            for k, (i, _, _) in enumerate(members):  # responses are prompt-major: ``drawn`` per prompt
+                out[i] = texts[k * drawn:(k + 1) * drawn] * (n // drawn)
         return out
 
 
