@@ -178,6 +178,8 @@ def test_writer_request_shows_the_image_each_crop_and_its_0_1000_box():
     texts = " ".join(p["text"] for p in user["content"] if p["type"] == "text")
     assert "id mug-1: a mug, box [50, 100, 250, 500]" in texts
     assert "id book-1: a book, box [600, 500, 900, 900]" in texts
+    sliver = _inst("pen-1", "pen", (70.2, 20.4, 70.4, 20.6))
+    assert writer_request(image, RECORD, [sliver]).messages[1]["content"][4]["image"].size == (1, 1)
     given = writer_request("kitchen.png", RECORD, COMBO, crops=["c1.png", "c2.png", "c3.png"])
     assert [p["image"] for p in given.messages[1]["content"] if p["type"] == "image"] == ["kitchen.png", "c1.png", "c2.png", "c3.png"]
     with pytest.raises(ValueError, match="2 crops for 3 instances"):

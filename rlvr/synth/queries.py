@@ -130,7 +130,7 @@ def writer_request(image: Image.Image | str, record: ImageRecord, combo: Sequenc
     """
     if crops is None:
         full = Image.open(image) if isinstance(image, str) else image
-        crops = [full.crop(tuple(round(v) for v in inst.box)) for inst in combo]
+        crops = [full.crop(_pixel_box(inst.box)) for inst in combo]
     if len(crops) != len(combo):
         raise ValueError(f"writer_request: {len(crops)} crops for {len(combo)} instances of {record.image}")
     content: list[dict[str, Any]] = [
@@ -146,6 +146,12 @@ def writer_request(image: Image.Image | str, record: ImageRecord, combo: Sequenc
     messages = [{"role": "system", "content": [{"type": "text", "text": WRITER_RULES}]},
                 {"role": "user", "content": content}]
     return ChatRequest(messages=messages, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+
+def _pixel_box(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """A crop box in whole pixels, at least 1x1 (a sliver of a box still shows something)."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
 # -- parsing the reply ---------------------------------------------------------------------
