@@ -20,7 +20,8 @@ defaults plus the overrides in ``overrides()``: bf16 weights and AdamW states (`
 bfloat16``; the "auto" default keeps fp32 master weights, 16 bytes a parameter, which does
 not fit 7B next to vLLM on one GPU), gradient checkpointing, micro-batches of 8 sequences,
 one optimizer step per rollout, SAPO, no KL; vLLM colocated with the library's
-``rollout.vllm`` defaults (30% of the GPU, sleep level 1 during the update, CUDA graphs).
+``rollout.vllm`` defaults (30% of the GPU, sleep level 1 during the update, CUDA graphs),
+``max_num_seqs`` = the step's 64 sequences.
 
 Three steps per model, in order: a vLLM warm-up step (engine compile and graph capture, the
 first weight sync, AdamW's state allocation: printed, not compared), a timed vLLM step, then
@@ -134,6 +135,8 @@ def overrides(args, model: str, data: Path, out: str, gpu: bool, engine: str) ->
         f"rollout.engine={engine}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={args.new_tokens}", f"rollout.min_new_tokens={args.new_tokens}",
         f"rollout.micro_batch_size={batch}", "rollout.temperature=1.0",
+        # every sequence of the step decoded together; fewer CUDA graphs to capture than the default 256
+        f"rollout.vllm.max_num_seqs={batch}",
         f"trainer.prompts_per_step={args.prompts}", "trainer.num_minibatches=1",
         f"trainer.micro_batch_size={args.micro_batch}", "trainer.lr=1e-6", "trainer.lr_schedule=constant",
         "trainer.warmup_steps=0", "trainer.max_steps=100", "algorithm.loss=sapo", "algorithm.kl_coef=0.0",
