@@ -40,6 +40,11 @@ def test_preprocess_normalises_like_the_processor_by_hand():
     assert torch.allclose(pixels[0, 0], torch.tensor([[-1.0, 1.0], [-0.6, 0.6]]), atol=1e-6)
     assert torch.allclose(pixels[0, 1], torch.tensor([[1.0, -1.0], [0.6, -0.6]]), atol=1e-6)
     assert torch.allclose(pixels[0, 2], torch.full((2, 2), -1.0))
+    # Transparency goes onto white, as the processor's convert_to_rgb does: a clear pixel is 1.0 everywhere.
+    clear = Image.new("RGBA", (2, 2), (0, 0, 0, 255))
+    clear.putpixel((1, 1), (0, 0, 0, 0))
+    pixels = sam3.preprocess_image(clear, sam3.Sam3Settings(height=2, width=2))
+    assert pixels[0, :, 1, 1].tolist() == [1.0, 1.0, 1.0] and pixels[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0]
 
 
 def test_preprocess_resizes_bilinear_to_the_model_size_by_hand():

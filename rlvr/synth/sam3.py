@@ -4,7 +4,7 @@ transformers' ``Sam3ImageProcessor`` imports torchvision (its resize, and ``batc
 import time), which has no CPU build on some machines; the model itself does not need it.
 What the official processor does, and what this module does the same way:
 
-- image: RGB, resized to the model's input size (1008 x 1008 for facebook/sam3) with bilinear,
+- image: RGB (transparency composited onto white), resized to the model's input size (1008 x 1008 for facebook/sam3) with bilinear,
   antialiased interpolation of the uint8 image (torchvision's CPU path: ``F.interpolate`` on
   uint8), then ``x / 255``, then ``(x - mean) / std`` (mean = std = 0.5 per channel) -> [1, 3, H, W]
   float32 in [-1, 1]. The aspect ratio is not kept (SAM3 is trained on squashed squares).
@@ -64,7 +64,9 @@ class Detection:
 
 def preprocess_image(image: Image.Image, settings: Sam3Settings) -> torch.Tensor:
     """PIL image -> pixel_values [1, 3, H, W] float32, as Sam3ImageProcessor makes them."""
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())  # [h, w, 3] uint8
+    from transformers.image_transforms import convert_to_rgb  # the processor's own: transparency onto white
+
+    pixels = torch.from_numpy(np.asarray(convert_to_rgb(image, return_numpy=True), dtype=np.uint8).copy())  # [h, w, 3]
     pixels = pixels.permute(2, 0, 1).unsqueeze(0).contiguous()  # [1, 3, h, w]
     if tuple(pixels.shape[-2:]) != (settings.height, settings.width):
         # uint8 in, uint8 out (rounded): torchvision's resize of a uint8 CPU tensor does exactly this.

@@ -111,11 +111,14 @@ class Sam3Segmenter(Segmenter):
         from rlvr.synth import sam3
 
         width, height = image.size
+        categories = self._categories(categories)
+        if not categories:
+            return []
         pixels = sam3.preprocess_image(image, self.settings).to(self.device, self.model.dtype)
         out: list[Instance] = []
         with torch.inference_mode():
             vision = self.model.get_vision_features(pixel_values=pixels)  # once per image, reused per prompt
-            for category in self._categories(categories):
+            for category in categories:
                 ids, attention = sam3.tokenize_prompts(self.tokenizer, [category], self.settings.text_length)
                 raw = self.model(vision_embeds=vision, input_ids=ids.to(self.device),
                                  attention_mask=attention.to(self.device))
