@@ -1,4 +1,5 @@
 # make demo      - create .venv, install, train the demo recipe (tiny Qwen2.5-VL, SAPO, CPU)
+# make synth-demo - HopChain synthesis on rendered scenes -> JSONL + page + report, validated, trained 2 steps
 # make test      - create .venv, install, run the whole test suite (and test-min)
 # make test-min  - the model, rollout and log-prob tests at the lowest supported transformers
 # make test-vllm - the vLLM engine's tests, in their own venv (.venv-vllm, requirements/lock-vllm.txt)
@@ -20,8 +21,9 @@ VLLM_LOCK := requirements/lock-vllm.txt
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 DEMO_ASSETS := runs/demo-assets
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+SYNTH_DEMO := runs/synth-demo
 
-.PHONY: install demo demo-assets test test-min test-vllm test-fast system-deps relock clean
+.PHONY: install demo demo-assets synth-demo test test-min test-vllm test-fast system-deps relock clean
 
 install: $(STAMP)
 
@@ -63,6 +65,25 @@ demo-assets: $(STAMP)
 
 demo: demo-assets
 	$(BIN)/python launch/train.py --config recipes/demo.yaml output_dir=$(DEMO_RUN)
+
+# The synthesis demo (recipes/synth/demo.yaml says what each stage uses): 32 scenes with known
+# contents -> the four stages -> JSONL, page, report; then the trainer's own check of that
+# JSONL and two SAPO steps of the tiny model on it (small images and batches: CPU minutes).
+SYNTH_TRAIN := model.name_or_path=$(DEMO_ASSETS)/model data.train_files=$(SYNTH_DEMO)/out/train.jsonl \
+	data.val_files=[] data.max_pixels=50176 data.max_prompt_tokens=768
+synth-demo: demo-assets
+	rm -rf $(SYNTH_DEMO)
+	$(BIN)/python -m rlvr.synth.hopchain render --out $(SYNTH_DEMO)/scenes --n 32
+	$(BIN)/python -m rlvr.synth.hopchain --config recipes/synth/demo.yaml \
+		--images $(SYNTH_DEMO)/scenes --out $(SYNTH_DEMO)/out
+	$(BIN)/python -m rlvr.validate --config recipes/demo.yaml $(SYNTH_TRAIN)
+	$(BIN)/python launch/train.py --config recipes/demo.yaml $(SYNTH_TRAIN) output_dir=$(SYNTH_DEMO)/train \
+		trainer.max_steps=2 trainer.prompts_per_step=4 rollout.group_size=4 \
+		rollout.micro_batch_size=16 trainer.micro_batch_size=16
+	@echo; cat $(SYNTH_DEMO)/out/report.txt
+	@echo "page:   $(SYNTH_DEMO)/out/page.html"
+	@echo "report: $(SYNTH_DEMO)/out/report.txt (and report.json)"
+	@echo "data:   $(SYNTH_DEMO)/out/train.jsonl, train_last_hop.jsonl, train_second_half.jsonl"
 
 # What the multi-process and SLURM tests need besides Python packages, from Debian when
 # missing (root only; otherwise those tests are skipped or fail with a message saying why):

@@ -134,6 +134,7 @@ def test_counts_by_stage_and_reason(tmp_path):
         "instances": {"unit": "images", "in": 5, "kept": 4, "dropped": {"too_few_instances": 1}},
         "queries": {"unit": "queries", "in": 9, "kept": 8, "dropped": {"too_few_hops": 1}},
         "verify": {"unit": "queries", "in": 8, "kept": 7, "dropped": {"not_unanimous": 1}},
+        "difficulty": {"unit": "queries", "in": 7, "kept": 7, "dropped": {}},
     }
     ids = sorted(q.id for q in pipeline.final_queries(str(tmp_path / "out")))
     assert ids == ["scene-0.png-q0", "scene-0.png-q1", "scene-1.png-q0", "scene-2.png-q0", "scene-2.png-q1",

@@ -82,7 +82,7 @@ def make_client(cc: ClientConfig, oracle: _Oracle | None = None):
         return client.OpenAIClient(cc.base_url, cc.model, api_key=api_key, concurrency=cc.concurrency,
                                    retries=cc.retries, timeout_s=cc.timeout_s, cache_dir=cc.cache_dir)
     if cc.backend == "engine":
-        return client.EngineClient(cc.model, engine=cc.engine)
+        return client.EngineClient(cc.model, engine=cc.engine, seed=cc.seed, overrides=cc.overrides)
     if cc.script == ORACLE:
         return client.ScriptedClient(oracle or _Oracle())
     try:
@@ -142,14 +142,14 @@ def _write(cfg: SynthConfig, clients: _Clients, image, record, image_id: str):
         from rlvr.synth.programmatic import write_chains
 
         queries = write_chains(record, rng, min_instances=qc.min_k, max_instances=qc.max_k,
-                               max_queries=qc.per_image)
+                               max_queries=qc.per_image, dropped=rejected)
     else:
         from rlvr.synth import queries as vlm_writer
 
         combos = vlm_writer.combinations(record.instances, qc.min_k, qc.max_k, qc.per_image, rng)
-        requests = [vlm_writer.writer_request(image, record, c) for c in combos]
-        for r in requests:
-            r.temperature = qc.temperature
+        max_tokens = cfg.client(qc.client).max_tokens
+        requests = [vlm_writer.writer_request(image, record, c, temperature=qc.temperature, max_tokens=max_tokens)
+                    for c in combos]
         client = clients[qc.client]
         queries = []
         for k, (combo, texts) in enumerate(zip(combos, client.complete(requests))):
@@ -167,29 +167,55 @@ def _write(cfg: SynthConfig, clients: _Clients, image, record, image_id: str):
     return queries, rejected
 
 
-def _verify(cfg: SynthConfig, clients: _Clients, verifier, humans, image, record, queries):
+def _verify(cfg: SynthConfig, clients: _Clients, verifier, humans, images_dir: str, image, record, queries):
+    """K solvers (and/or annotators' answers) must all agree with the writer; then the difficulty filter."""
     from rlvr.synth import verify
 
     vc, dc, dropped = cfg.verify, cfg.difficulty, collections.Counter()
-    kept = queries
+    kept = list(queries)
+    clients.oracle.known.update({q.question: q.answer for q in queries})
     if vc.enabled:
-        answers = {q.id: list(humans().get(q.id, [])) for q in queries}
+        answers = {q.id: list(humans().get(q.id) or []) for q in queries}
         if vc.client:
-            clients.oracle.known.update({q.question: q.answer for q in queries})
-            requests = verify.solve_requests(image, queries, n=vc.k, temperature=vc.temperature)
-            for q, texts in zip(queries, clients[vc.client].complete(requests)):
-                answers[q.id] += texts
-        kept = []
-        for q in queries:
-            ok, reason = verify.unanimous(q, answers[q.id], verifier())
-            q.provenance["verify"] = {"solvers": vc.client or "annotators", "answers": answers[q.id]}
-            kept.append(q) if ok else dropped.update([reason])
+            solved = verify.solve(queries, clients[vc.client], samples=vc.k, temperature=vc.temperature,
+                                  images_dir=images_dir, max_tokens=cfg.client(vc.client).max_tokens)
+            for qid, replies in solved.items():
+                answers[qid] += replies
+        kept, lost = verify.keep_unanimous(queries, answers, verifier())
+        dropped.update(reason for _, reason in lost)
     if dc.enabled and kept:
-        clients.oracle.known.update({q.question: q.answer for q in kept})
-        kept, hard_dropped = verify.difficulty_filter(kept, clients[dc.client], dc.n, verifier(), image=image,
-                                                      temperature=dc.temperature)
-        dropped.update(reason for _, reason in hard_dropped)
+        kept, lost = verify.difficulty_filter(kept, clients[dc.client], dc.n, verifier(), temperature=dc.temperature,
+                                              images_dir=images_dir, max_tokens=cfg.client(dc.client).max_tokens)
+        dropped.update(reason for _, reason in lost)
     return kept, dropped
+
+
+def attach_attributes(records: dict, annotations_json: str) -> dict:
+    """Give each instance the ``attributes`` object of its COCO row (matched by image, category, box).
+
+    Not COCO proper: the renderer's JSON (and any dataset with known facts per object) carries
+    one per annotation, and the programmatic writer needs them. Instances that have attributes
+    already, or whose row has none, are left as they are.
+    """
+    with open(annotations_json, encoding="utf-8") as f:
+        data = json.load(f)
+    files = {row.get("id"): row.get("file_name") for row in data.get("images", []) if isinstance(row, dict)}
+    names = {row.get("id"): row.get("name") for row in data.get("categories", []) if isinstance(row, dict)}
+    facts = collections.defaultdict(list)  # file name -> [(box, category name, attributes)]
+    for row in data.get("annotations", []):
+        if isinstance(row, dict) and isinstance(row.get("attributes"), dict) and len(row.get("bbox") or ()) == 4:
+            x, y, w, h = row["bbox"]
+            facts[files.get(row.get("image_id"))].append(((x, y, x + w, y + h), names.get(row.get("category_id")),
+                                                          row["attributes"]))
+    for name, record in records.items():
+        for inst in record.instances:
+            if inst.attributes:
+                continue
+            near = [a for box, cat, a in facts.get(name, ())
+                    if max(abs(u - v) for u, v in zip(box, inst.box)) <= 1.0 and str(cat).lower() in inst.category]
+            if len(near) == 1:
+                inst.attributes = dict(near[0])
+    return records
 
 
 def build_backends(cfg: SynthConfig, images_dir: str, out_dir: str) -> Backends:
@@ -202,7 +228,7 @@ def build_backends(cfg: SynthConfig, images_dir: str, out_dir: str) -> Backends:
 
         if not os.path.isfile(cfg.instances.annotations):
             raise SynthError(f"instances.annotations={cfg.instances.annotations!r}: no such file.")
-        return load_coco(cfg.instances.annotations, images_dir)
+        return attach_attributes(load_coco(cfg.instances.annotations, images_dir), cfg.instances.annotations)
 
     def annotations(image: str):
         record = coco().get(image)
@@ -241,7 +267,7 @@ def build_backends(cfg: SynthConfig, images_dir: str, out_dir: str) -> Backends:
         if vc.enabled and vc.export_file and not (filled_in and vc.import_file == vc.export_file):
             from rlvr.synth.verify import export_for_annotators
 
-            export_for_annotators(queries, vc.export_file)
+            export_for_annotators(queries, vc.export_file, annotators=vc.k, images_dir=images_dir)
         if vc.enabled and vc.import_file and not filled_in:
             where = vc.export_file or "(nowhere: set verify.export_file)"
             raise SynthError(f"exported {len(queries)} queries for annotators to {where}; stages 1-3 are saved. "
@@ -252,5 +278,5 @@ def build_backends(cfg: SynthConfig, images_dir: str, out_dir: str) -> Backends:
         categorize=functools.partial(_categorize, cfg, clients, annotations),
         segment=functools.partial(_segment, cfg, segmenter, annotations, out_dir),
         write=functools.partial(_write, cfg, clients),
-        verify=functools.partial(_verify, cfg, clients, verifier, humans),
+        verify=functools.partial(_verify, cfg, clients, verifier, humans, images_dir),
         min_instances=cfg.instances.min_instances, finish_queries=export)

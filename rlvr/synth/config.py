@@ -39,6 +39,8 @@ class ClientConfig:
     timeout_s: float = 120.0  # per request
     cache_dir: str | None = None  # on-disk cache keyed by request; a rerun re-sends nothing it has; null = none
     max_tokens: int = 1024  # completion budget per sample
+    seed: int = 0  # engine: the seed stream of sampled requests (reproducible samples)
+    overrides: list[str] = field(default_factory=list)  # engine: training-config key=value, e.g. [data.max_pixels=50176]
 
     def problems(self) -> Problems:
         p, at = Problems(), f"clients[{self.name or '?'}]"

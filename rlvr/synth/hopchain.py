@@ -47,15 +47,15 @@ def finish(out_dir: str, cfg: SynthConfig, images_dir: str, seconds: float | Non
     """Write the JSONL (and its variants), the page and the report from the stage files; the paths."""
     from rlvr.synth import output
 
-    queries = final_queries(out_dir)
+    queries, records = final_queries(out_dir), final_records(out_dir)
+    data = output.write_dataset(queries, out_dir, images_dir, records=records)
     if not cfg.output.variants:
-        for q in queries:
-            q.variants = {}
-    paths = {"data": output.write_dataset(queries, out_dir, images_dir)}
+        for variant in [v for v in data if v != "chain"]:
+            os.remove(data.pop(variant))
+    paths = {"data": data}
     if cfg.output.page_samples:
-        paths["page"] = os.path.join(out_dir, "page.html")
-        output.write_page(queries, final_records(out_dir), paths["page"], n=cfg.output.page_samples,
-                          images_root=images_dir)
+        paths["page"] = output.write_page(queries, records, os.path.join(out_dir, "page.html"),
+                                          n=cfg.output.page_samples, images_root=images_dir)
     paths.update(write_report(out_dir, queries, seconds))
     return paths
 
@@ -66,12 +66,15 @@ def write_report(out_dir: str, queries: list | None = None, seconds: float | Non
     from rlvr.synth import output
 
     queries = final_queries(out_dir) if queries is None else queries
-    report = output.report(totals(out_dir), queries)
+    counts = totals(out_dir)
+    text, summary = output.report({"stages": counts}, queries)
+    summary["stages"] = counts  # with each stage's unit (images / queries) and its input count
     if seconds is not None:
-        report["seconds"] = round(seconds, 1)
+        summary["seconds"] = round(seconds, 1)
+        text += f"run time: {seconds:.1f} s (this run; resumed stages not included)\n"
     paths = {"report": os.path.join(out_dir, "report.txt"), "report_json": os.path.join(out_dir, "report.json")}
-    atomic_write(paths["report_json"], json.dumps(report, indent=1))
-    atomic_write(paths["report"], output.report_text(report))
+    atomic_write(paths["report_json"], json.dumps(summary, indent=1))
+    atomic_write(paths["report"], text)
     return paths
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("categories", "instances", "queries", "verify")
 UNITS = {"categories": "images", "instances": "images", "queries": "queries", "verify": "queries"}
+DIFFICULTY_REASONS = ("always_solved",)  # stage 4's drops by the weaker model, reported as "difficulty"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -261,16 +262,25 @@ def final_records(out_dir: str) -> dict[str, ImageRecord]:
 
 
 def totals(out_dir: str) -> dict[str, dict]:
-    """Per stage: {"unit", "in", "kept", "dropped": {reason: n}}, summed over the stage files."""
+    """Per stage: {"unit", "in", "kept", "dropped": {reason: n}}, summed over the stage files.
+
+    Stage 4's file holds both filters; the report shows the difficulty filter (reasons in
+    DIFFICULTY_REASONS) as its own row after "verify".
+    """
     out = {}
     for stage in STAGES:
         kept, dropped = 0, collections.Counter()
         for r in stage_results(out_dir, stage):
             dropped.update(r["dropped"])
-            if UNITS[stage] == "images":
-                kept += r["record"] is not None
-            else:
-                kept += len(r["queries"])
-        out[stage] = {"unit": UNITS[stage], "in": kept + sum(dropped.values()), "kept": kept,
-                      "dropped": dict(sorted(dropped.items()))}
+            kept += (r["record"] is not None) if UNITS[stage] == "images" else len(r["queries"])
+        out[stage] = _row(stage, kept, dropped)
+    final, both = out["verify"]["kept"], collections.Counter(out["verify"]["dropped"])
+    hard = collections.Counter({r: n for r, n in both.items() if r in DIFFICULTY_REASONS})
+    out["verify"] = _row("verify", final + sum(hard.values()), both - hard)  # passed on to the difficulty filter
+    out["difficulty"] = _row("verify", final, hard)
     return out
+
+
+def _row(stage: str, kept: int, dropped: collections.Counter) -> dict:
+    return {"unit": UNITS[stage], "in": kept + sum(dropped.values()), "kept": kept,
+            "dropped": dict(sorted(dropped.items()))}
