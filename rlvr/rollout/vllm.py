@@ -97,6 +97,10 @@ def engine_kwargs(cfg, accelerator=None) -> dict:
         # is split over steps, which a CPU generator cannot do ("CPU Generator does not use offset";
         # the demo's 256 requests a step split).
         kwargs["enable_chunked_prefill"] = False
+        # vLLM caches a linear-attention (Qwen3.5) model's prefixes only with chunked prefill
+        # ("Chunked prefill is required for mamba cache mode 'align'"): such a model prefills
+        # every sample's prompt on CPU.
+        kwargs["enable_prefix_caching"] = not has_linear_attention(cfg.model.name_or_path, cfg.model.trust_remote_code)
     if processes > 1:
         # One independent TP=1 engine per rank inside the already initialised process group
         # (vLLM lays its groups out as external-DP x TP; TRL's and verl's colocated mode).
@@ -333,15 +337,24 @@ def _reprocess_output_heads(worker) -> int:
     return len(heads)
 
 
-def check_cpu_model(model: str, dtype: str, trust_remote_code: bool = False) -> None:
-    """Raise, with what to change, for a model vLLM's CPU kernels would start but not run (at the first generate)."""
+def _text_config(model: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    text = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).get_text_config()
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code).get_text_config()
+
+
+def has_linear_attention(model: str, trust_remote_code: bool = False) -> bool:
+    """Whether the model has linear-attention (gated delta net) layers, as Qwen3.5 has."""
+    return "linear_attention" in (getattr(_text_config(model, trust_remote_code), "layer_types", None) or [])
+
+
+def check_cpu_model(model: str, dtype: str, trust_remote_code: bool = False) -> None:
+    """Raise, with what to change, for a model vLLM's CPU kernels would start but not run (at the first generate)."""
+    text = _text_config(model, trust_remote_code)
     head_size = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_size not in CPU_HEAD_SIZES:
         raise ValueError(_head_size_message(model, head_size))
-    if "linear_attention" in (getattr(text, "layer_types", None) or []) and dtype != "bfloat16":
+    if has_linear_attention(model, trust_remote_code) and dtype != "bfloat16":
         raise ValueError(f"{model} has linear-attention (gated delta net) layers, which vLLM runs on CPU in bf16 "
                          f"only; its dtype here is {dtype}. Set model.dtype=bfloat16 (or use rollout.engine=hf).")
 

@@ -217,6 +217,7 @@ def test_engine_arguments(model_dir):
     assert one["logprobs_mode"] == "processed_logprobs" and one["generation_config"] == "vllm"
     assert one["mm_processor_kwargs"] == {"size": {"shortest_edge": 3136, "longest_edge": 200_000}}
     assert one["enable_prefix_caching"] and one["limit_mm_per_prompt"]["image"] >= 8
+    assert one["enable_chunked_prefill"] is False  # CPU: whole prefills (seeded CPU generators cannot rewind)
     assert "distributed_executor_backend" not in one and "gpu_memory_utilization" not in one  # CPU
     # two processes: each rank its own TP=1 engine on its own device (LOCAL_RANK), inside the run's group
     two = engine_kwargs(cfg, SimpleNamespace(num_processes=2, process_index=1))
@@ -262,6 +263,12 @@ def test_qwen3_5_on_cpu_needs_bf16(tmp_path):
     with pytest.raises(ValueError, match="model.dtype=bfloat16"):
         check_cpu_model(path, "float32")  # vLLM would start, then fail its first generate
     check_cpu_model(path, "bfloat16")
+    # on CPU prefills are whole (seeded CPU generators cannot rewind), and vLLM caches a
+    # linear-attention model's prefixes only with chunked prefill
+    from rlvr.rollout.vllm import engine_kwargs
+
+    kwargs = engine_kwargs(_config(path))
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["enable_prefix_caching"] is False
 
 
 def test_vllm_is_imported_only_when_selected():
