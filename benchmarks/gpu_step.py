@@ -1,4 +1,4 @@
-"""One RL step of rlvr at the real Qwen2.5-VL-3B and -7B sizes on one GPU: rollout tokens/s (HF vs vLLM), step seconds, peak memory, actor MFU.
+"""One RL step at the real Qwen2.5-VL-3B and -7B sizes on one GPU: rollout tokens/s, step time, memory, MFU.
 
     python benchmarks/gpu_step.py 2>&1 | tee gpu_step.txt       # one H200, about 8 minutes
     .venv-vllm/bin/python benchmarks/gpu_step.py --quick      # CPU smoke test, tiny sizes
@@ -220,7 +220,7 @@ def run_step(trainer, step: int, label: str, args, gpu: bool, peak: float | None
     import torch
 
     with MemoryWatch(gpu) as memory:
-        metrics, _, mine = trainer.step(step)
+        metrics, _, _ = trainer.step(step)
         if gpu:
             torch.cuda.synchronize()
     b = trainer._bench_batch

@@ -82,7 +82,8 @@ def compare_prefill(args, model, prompts, stops, pad_id) -> None:
                 cfg = RolloutConfig(group_size=g, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                     micro_batch_size=g * args.prompts, shared_prefill=shared)
                 start = time.perf_counter()
-                out = generate(model, prompts, cfg, stops, pad_id, seeds=list(range(100 * run, 100 * run + args.prompts)))
+                seeds = list(range(100 * run, 100 * run + args.prompts))
+                out = generate(model, prompts, cfg, stops, pad_id, seeds=seeds)
                 elapsed = time.perf_counter() - start
                 assert all(len(r.token_ids) == args.new_tokens for r in out)
                 tokens[shared] = [r.token_ids.tolist() for r in out]
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=None, help="text decoder layers (default 4; --engines 8)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="--engines: a config override for both engines (repeatable), e.g. rollout.vllm.enforce_eager=true")
+                        help="--engines: a config override for both engines (repeatable), "
+                        "e.g. rollout.vllm.enforce_eager=true")
     args = parser.parse_args(argv)
     args.groups = args.groups or ("8" if args.engines else "8,16")
     args.hidden = args.hidden or (1024 if args.engines else 256)

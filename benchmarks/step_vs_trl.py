@@ -121,8 +121,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         if name == "extra":
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
-                            help=f"default {value}" + (" (all cores with --engine hf, 1 with vllm)" if name == "threads" else "")
-                            + (f" ({' | '.join(ENGINES)})" if name == "engine" else ""))
+                            help=f"default {value}" + {"threads": " (all cores with --engine hf, 1 with vllm)",
+                                                       "engine": f" ({' | '.join(ENGINES)})"}.get(name, ""))
     args = parser.parse_args(argv)
     chosen = {k: v for k, v in asdict(defaults).items() if k != "extra"} | (QUICK if args.quick else {})
     if args.quick and args.engine == "vllm":
@@ -257,9 +257,10 @@ def rlvr_facts(trainer, image_id: int) -> dict:
     return {
         "sequences": len(responses),
         "response tokens (min, max)": (min(lengths), max(lengths)),
-        # how the short ones ended, if any: a stop token sampled before rollout.min_new_tokens, or cut
-        "short responses (ended by)": sorted({f"{len(r.token_ids)}: {r.finish_reason} {int(r.token_ids[-1])}"
-                                              for r in responses if len(r.token_ids) < max(lengths)}) or "-",
+        # how responses shorter than rollout.min_new_tokens ended, if any: length, reason, last token
+        "short responses (ended by)": sorted({
+            f"{len(r.token_ids)}: {r.finish_reason} {r.token_ids[-1:].tolist()}" for r in responses
+            if len(r.token_ids) < trainer.cfg.rollout.min_new_tokens}) or "-",
         "prompt tokens": sorted({len(p.input_ids) for p in prompts}),
         "image tokens per prompt": sorted({int((p.input_ids == image_id).sum()) for p in prompts}),
         "rewards computed": trainer._bench_rewards,

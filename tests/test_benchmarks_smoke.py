@@ -43,12 +43,14 @@ def _run(script: str, *args: str, timeout: int = 900) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, f"{script} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, \
+        f"{script} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has("trl", "vllm"), reason="needs trl and vllm: run in the vLLM environment with trl installed")
+@pytest.mark.skipif(not _has("trl", "vllm"),
+                    reason="needs trl and vllm: the vLLM environment with trl installed (pip install trl==1.16.0)")
 def test_step_vs_trl_quick_vllm_engine():
     out = _run("step_vs_trl.py", "--quick", "--engine", "vllm", "--threads", "1")
     assert "rlvr vllm" in out, out  # rlvr sampled with the vLLM engine
