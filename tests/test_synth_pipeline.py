@@ -70,8 +70,13 @@ class StandIns:
 
     def verify(self, image, record, queries):
         self.calls["verify", record.image] += 1
-        kept = [q for q in queries if q.id != "scene-1.png-q1"]  # the solvers disagree on this one
-        return kept, collections.Counter({"not_unanimous": len(queries) - len(kept)})
+        dropped = collections.Counter()
+        if record.image == "scene-1.png":
+            dropped["not_unanimous"] += 1  # the solvers disagree on its second query
+        if record.image == "scene-2.png":
+            dropped["always_solved"] += 1  # the weaker model solves its first every time
+        kept = [q for q in queries if q.id not in ("scene-1.png-q1", "scene-2.png-q0")]
+        return kept, dropped
 
     def backends(self) -> Backends:
         return Backends(self.categorize, self.segment, self.write, self.verify, min_instances=3)
@@ -128,16 +133,16 @@ def test_counts_by_stage_and_reason(tmp_path):
     assert pipeline.run(images, str(tmp_path / "out"), stand.backends(), progress=False) == \
         {"categories": 6, "instances": 5, "queries": 4, "verify": 4}
     # 6 images; scene-5 unreadable; scene-3 has 2 < 3 squares; 4 images x 2 queries, 1 rejected
-    # in writing (scene-2); scene-1's second query fails verification.
+    # in writing (scene-2); scene-1's second query fails verification, scene-2's first is too easy.
     assert totals(str(tmp_path / "out")) == {
         "categories": {"unit": "images", "in": 6, "kept": 5, "dropped": {"unreadable_image": 1}},
         "instances": {"unit": "images", "in": 5, "kept": 4, "dropped": {"too_few_instances": 1}},
         "queries": {"unit": "queries", "in": 9, "kept": 8, "dropped": {"too_few_hops": 1}},
         "verify": {"unit": "queries", "in": 8, "kept": 7, "dropped": {"not_unanimous": 1}},
-        "difficulty": {"unit": "queries", "in": 7, "kept": 7, "dropped": {}},
+        "difficulty": {"unit": "queries", "in": 7, "kept": 6, "dropped": {"always_solved": 1}},
     }
     ids = sorted(q.id for q in pipeline.final_queries(str(tmp_path / "out")))
-    assert ids == ["scene-0.png-q0", "scene-0.png-q1", "scene-1.png-q0", "scene-2.png-q0", "scene-2.png-q1",
+    assert ids == ["scene-0.png-q0", "scene-0.png-q1", "scene-1.png-q0", "scene-2.png-q1",
                    "sub__scene-4.png-q0", "sub__scene-4.png-q1"]
 
 
@@ -193,3 +198,79 @@ def test_bad_inputs_get_one_message_and_exit_2(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "rlvr.synth.hopchain", "merge", "--out", str(tmp_path / "m"),
                            str(tmp_path / "empty")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "no readable run.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- end to end, with the stage modules
+
+
+def rendered(tmp_path, n=6):
+    """``n`` rendered scenes; scene_00001 keeps only two instances in the COCO JSON; one broken file."""
+    from rlvr.synth.scenes import render_scenes
+
+    folder = tmp_path / "scenes"
+    render_scenes(str(folder), n, seed=3)
+    coco = json.loads((folder / "annotations.json").read_text())
+    rows = [a for a in coco["annotations"] if a["image_id"] == 2]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 2] + rows[:2]
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    (folder / "scene_broken.png").write_bytes(b"\x89PNG but not really")
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text(f"categories: {{backend: annotations}}\n"
+                      f"instances: {{backend: annotations, annotations: {folder / 'annotations.json'}}}\n"
+                      "queries: {writer: programmatic, per_image: 2}\n"
+                      "clients: [{name: solver, backend: scripted, script: oracle}]\n"
+                      "verify: {client: solver, k: 4}\noutput: {page_samples: 4}\n")
+    return str(folder), str(recipe)
+
+
+def test_rendered_scenes_end_to_end_with_a_solver_that_disagrees_once(tmp_path, monkeypatch):
+    from rlvr.synth import backends
+
+    images, recipe = rendered(tmp_path)
+    oracle, asked = backends._Oracle.__call__, []
+
+    def first_request_wrong_once(self, request):
+        asked.append(request)
+        replies = oracle(self, request)
+        return ["\\boxed{999}"] + replies[1:] if len(asked) == 1 else replies
+
+    monkeypatch.setattr(backends._Oracle, "__call__", first_request_wrong_once)
+    out = tmp_path / "out"
+    assert main(["--config", recipe, "--images", images, "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    # 7 files, one broken; scene_00001 has 2 instances; 5 images x 2 chains; 1 of 4 answers wrong once
+    assert report["stages"] == {
+        "categories": {"unit": "images", "in": 7, "kept": 6, "dropped": {"unreadable_image": 1}},
+        "instances": {"unit": "images", "in": 6, "kept": 5, "dropped": {"too_few_instances": 1}},
+        "queries": {"unit": "queries", "in": 10, "kept": 10, "dropped": {}},
+        "verify": {"unit": "queries", "in": 10, "kept": 9, "dropped": {"solver_disagrees": 1}},
+        "difficulty": {"unit": "queries", "in": 9, "kept": 9, "dropped": {}},
+    }
+    assert len(asked) == 10 and all(r.n == 4 for r in asked)
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    written = {q.id: q for q in pipeline.final_queries(str(out), "queries")}
+    assert len(rows) == 9 and "scene_00000.png-q0" not in {r["id"] for r in rows}
+    for row in rows:
+        assert row["answer"] == written[row["id"]].answer and row["source"] == "hopchain"
+        assert row["provenance"]["verify"]["answers"] == [f"\\boxed{{{row['answer']}}}"] * 4
+        assert os.path.isfile(os.path.join(out, row["images"][0]))
+    assert (out / "page.html").stat().st_size > 1000 and (out / "config.yaml").exists()
+    assert "solver_disagrees" in (out / "report.txt").read_text()
+
+
+def test_annotators_round_trip_stops_after_stage_3_and_resumes(tmp_path, capsys):
+    images, recipe = rendered(tmp_path, n=4)
+    out, sheet = tmp_path / "out", tmp_path / "annotate.jsonl"
+    args = ["--config", recipe, "--images", images, "--out", str(out), "--no-progress", "verify.client=",
+            f"verify.export_file={sheet}", f"verify.import_file={sheet}", "verify.k=2"]
+    assert main(args) == 2
+    assert "exported 6 queries for annotators" in capsys.readouterr().err
+    assert not (out / "stages" / "verify").exists() or not os.listdir(out / "stages" / "verify")
+    answers = {q.id: q.answer for q in pipeline.final_queries(str(out), "queries")}
+    rows = [json.loads(line) for line in sheet.read_text().splitlines()]
+    for k, row in enumerate(rows):  # the first row's second annotator gives another number
+        row["answer_1"], row["answer_2"] = answers[row["id"]], "0.5" if k == 0 else answers[row["id"]]
+    sheet.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args) == 0
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert stages["verify"] == {"unit": "queries", "in": 6, "kept": 5, "dropped": {"solver_disagrees": 1}}
