@@ -14,14 +14,21 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+
+def _vllm_installed() -> bool:
+    # pytest puts tests/ on sys.path, where tests/vllm is found as a namespace package (no origin)
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
 # tests/vllm run in their own environment (`make test-vllm`: vLLM pins an older transformers than
 # the project's). Where vllm is not installed they are not collected at all, not skipped file by file.
-if importlib.util.find_spec("vllm") is None:
+if not _vllm_installed():
     collect_ignore = ["vllm"]
 
 
 def pytest_report_header(config):
-    if importlib.util.find_spec("vllm") is None:
+    if not _vllm_installed():
         return "tests/vllm: not collected, vllm is not installed here (`make test-vllm` runs them in .venv-vllm)"
 
 

@@ -10,6 +10,7 @@ timings varied tenfold).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -18,9 +19,18 @@ import torch
 from rlvr.devtools.make_tiny_model import FAMILY_NAMES
 from rlvr.rollout.vllm_env import prepare
 
-prepare()
+VLLM_INSTALLED = getattr(importlib.util.find_spec("vllm"), "origin", None) is not None  # not tests/vllm itself
+if VLLM_INSTALLED:
+    prepare()
 if os.environ.get("OMP_NUM_THREADS", "").isdigit():
     torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+
+
+def pytest_configure(config):
+    if not VLLM_INSTALLED:  # these files named explicitly where vllm is missing
+        pytest.exit("tests/vllm need vLLM, which is not installed in this environment: run `make test-vllm` "
+                    "(it creates .venv-vllm from requirements/lock-vllm.txt)", returncode=4)
+
 
 @pytest.fixture(scope="session", params=FAMILY_NAMES)
 def vllm_tiny_model_dir(request, tmp_path_factory) -> str:
