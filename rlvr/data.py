@@ -29,6 +29,7 @@ import math
 import os
 import random
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -368,14 +369,22 @@ class EpochSampler:
             random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
         return order
 
-    def take(self, k: int) -> list[int]:
+    def take(self, k: int, skip: Collection[int] = ()) -> list[int]:
+        """The next ``k`` rows of the order, passing over the rows in ``skip`` (retired prompts,
+        ``rlvr.difficulty``): every other row still comes once per epoch."""
+        if k > 0 and skip and len(skip) >= self.n:
+            raise DataError(f"all {self.n} training prompts are retired (solved on their last visits, "
+                            "trainer.dynamic_sampling.retire_after_solved): nothing is left to train on. Add harder "
+                            "data, raise retire_after_solved, or set it to 0 to keep every prompt.")
         out = []
         while len(out) < k:
             if self.position == self.n:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._make_order()
-            out.append(self._order[self.position])
+            row = self._order[self.position]
             self.position += 1
+            if row not in skip:
+                out.append(row)
         return out
 
     def state_dict(self) -> dict:

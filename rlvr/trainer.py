@@ -13,11 +13,13 @@ of each step's slice, so each prompt is used once per epoch. Each prompt's respo
 sampled from streams seeded by (``trainer.seed``, step, the prompt's row index in the
 dataset), so a run's trajectory does not depend on the number of processes. Metrics are
 reduced over ranks; files, wandb and the console are written by the main process only.
+Retired prompts and DAPO's dynamic sampling (off by default): ``rlvr.difficulty``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -31,6 +33,7 @@ from rlvr.checkpoint import (ResumeError, ResumePlan, install_hooks, load_checkp
                              save_checkpoint, truncate_run_logs)
 from rlvr.config import Config, save_config
 from rlvr.data import EpochSampler, load_examples
+from rlvr.difficulty import DifficultyFilter, Group
 from rlvr.evaluate import Evaluator
 from rlvr.distributed import (StopSignal, average_over_ranks, configure_deepspeed, describe_ranks, gather_objects,
                               generation_model, make_accelerator, prepare_reference)
@@ -38,7 +41,7 @@ from rlvr.lora import apply_lora, inner_model, is_lora
 from rlvr.models import load_model, load_processor, stop_token_ids, vision_tower
 from rlvr.plot import plot_run
 from rlvr.batch import encode_prompt
-from rlvr.rollout import make_engine, response_seeds
+from rlvr.rollout import make_engine
 from rlvr.samples import SampleLogger
 from rlvr.tracking import Tracker
 from rlvr.trained_models import save_trained
@@ -167,6 +170,7 @@ class Trainer:
         if not self.skips.skipped:  # skips were logged as a warning by load_examples
             logger.info("train data: %s", self.skips.summary())
         self.sampler = EpochSampler(len(self.examples), t.seed, cfg.data.shuffle)
+        self.difficulty = DifficultyFilter(t, self.sampler, acc.process_index, acc.num_processes)
 
         # One verifier (one worker pool per rank) with the run's settings: training reward,
         # evaluation and the samples pages all score with it.
@@ -208,6 +212,7 @@ class Trainer:
             state = load_checkpoint(acc, resume_from)
             self.start_step, self.wandb_id = state["step"], state.get("wandb_id")
             self.sampler.load_state_dict(state["sampler"])
+            self.difficulty.load_state_dict(state.get("difficulty"))
             self._continue_lr_schedule(state.get("lr_schedule"), plan)
         if cfg.resume is not None and acc.is_main_process:
             truncate_run_logs(cfg.output_dir, self.start_step)
@@ -286,68 +291,63 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _local_prompts(self) -> tuple[list[int], list[int]]:
-        """(the step's prompt indices, the slice of them this rank samples)."""
-        indices = self.sampler.take(self.cfg.trainer.prompts_per_step)  # the same on every rank
-        acc = self.accelerator
-        return indices, indices[acc.process_index::acc.num_processes]
+    def _sample(self, step: int, round_: int, rows: list[int], seeds: list[int]) -> list[Group]:
+        """One round of the step on this rank (``rlvr.difficulty``): each row's G responses and rewards."""
+        cfg, g = self.cfg, self.cfg.rollout.group_size
+        t0, examples = time.perf_counter(), [self.examples[i] for i in rows]
+        prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
+        responses = self.engine.generate(prompts, seeds)
+        texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
+        t1 = time.perf_counter()
+        per_response = [examples[r.prompt_index] for r in responses]
+        rewards, reward_metrics = self.reward_fn(texts, [e.answer for e in per_response], **reward_columns(per_response))
+        if round_ == 0:  # the step's own draw: reward metrics and sample pages as without dynamic sampling
+            self.samples.log(step + 1, per_response, responses, texts, rewards)
+            self._reward_metrics = reward_metrics
+        self._clock["rollout"] += t1 - t0
+        self._clock["reward"] += time.perf_counter() - t1
+        return [Group(rewards[k * g:(k + 1) * g], responses[k * g:(k + 1) * g], prompts[k]) for k in range(len(rows))]
 
     def step(self, step: int) -> tuple[dict[str, float], list[int], list[int]]:
         cfg, acc = self.cfg, self.accelerator
-        t0 = time.perf_counter()
-        all_indices, mine = self._local_prompts()
-        examples = [self.examples[i] for i in mine]
-        prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
-        seeds = response_seeds(cfg.trainer.seed, step, all_indices)[acc.process_index::acc.num_processes]
-        t_sync = time.perf_counter()
+        t0, self._clock = time.perf_counter(), {"rollout": 0.0, "reward": 0.0}
         sync_metrics = self._ready_engine()
-        t_sync = time.perf_counter() - t_sync
-        responses = self.engine.generate(prompts, seeds)
+        t_sync = time.perf_counter() - t0
+        batch = self.difficulty.collect(step, functools.partial(self._sample, step),
+                                        functools.partial(gather_objects, acc))
         self.engine.sleep()  # vLLM on GPU: free its memory for the update
-        texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
-        t1 = time.perf_counter()
-
-        per_response = [examples[r.prompt_index] for r in responses]
-        rewards, reward_metrics = self.reward_fn(texts, [e.answer for e in per_response], **reward_columns(per_response))
-        self.samples.log(step + 1, per_response, responses, texts, rewards)
-        rewards = torch.tensor(rewards, dtype=torch.float32)
-        advantages, zero_std = group_advantages(rewards, cfg.rollout.group_size,
+        encode = functools.partial(encode_prompt, processor=self.processor, cfg=cfg.data)
+        prompts, responses, rewards = batch.update_inputs(lambda i: encode(self.examples[i]))
+        advantages, zero_std = group_advantages(torch.tensor(rewards, dtype=torch.float32), cfg.rollout.group_size,
                                                 scale_by_std=cfg.algorithm.scale_by_std, eps=cfg.algorithm.adv_eps)
         t2 = time.perf_counter()
 
         metrics = self.update.run([prompts[r.prompt_index] for r in responses], responses, advantages, step)
-        self._engine_stale = True
-        t3 = time.perf_counter()
+        self._engine_stale, t3 = True, time.perf_counter()
 
         lengths = torch.tensor([len(r.token_ids) for r in responses], dtype=torch.float32)
-        metrics.update(reward_metrics)
+        metrics.update(self._reward_metrics)
         metrics.update({
-            "advantage/abs_mean": advantages.abs().mean().item(),
-            "zero_std_groups": zero_std.item(),
-            "response_length/mean": lengths.mean().item(),
-            "response_length/max": lengths.max().item(),
+            "advantage/abs_mean": advantages.abs().mean().item(), "zero_std_groups": zero_std.item(),
+            "response_length/mean": lengths.mean().item(), "response_length/max": lengths.max().item(),
             "response_length/truncated": sum(not r.finished for r in responses) / len(responses),
-            "time/rollout_s": t1 - t0 - t_sync,
-            "time/sync_s": t_sync,
-            **sync_metrics,
-            "time/reward_s": t2 - t1,
-            "time/update_s": t3 - t2,
+            "time/rollout_s": self._clock["rollout"], "time/sync_s": t_sync, **sync_metrics,
+            "time/reward_s": self._clock["reward"], "time/update_s": t3 - t2,
         })
         metrics = average_over_ranks(metrics, acc.device)
-        everyone = acc.gather(rewards.to(acc.device)) if acc.num_processes > 1 else rewards  # [prompts * G]
+        everyone = torch.tensor(batch.first_round, dtype=torch.float32).view(-1)  # [prompts * G], every rank's
         metrics["reward/mean"] = everyone.mean().item()
         metrics["reward/std"] = everyone.std().item() if len(everyone) > 1 else 0.0
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["step"] = step + 1
-        metrics["epoch"] = self.sampler.epoch
-        return metrics, all_indices, mine
+        metrics.update(batch.metrics)  # rlvr.difficulty's, the same on every rank
+        metrics.update({"time/step_s": time.perf_counter() - t0, "step": step + 1, "epoch": self.sampler.epoch})
+        return metrics, batch.rows, batch.mine
 
     # ------------------------------------------------------------------ loop
 
     def trainer_state(self, step: int, tracker: Tracker) -> dict:
         return {"step": step, "sampler": self.sampler.state_dict(), "wandb_id": tracker.wandb_id,
                 "world_size": self.accelerator.num_processes, "model": self.cfg.model.name_or_path,
-                "lr_schedule": self.lr_schedule.state_dict()}
+                "lr_schedule": self.lr_schedule.state_dict(), "difficulty": self.difficulty.state_dict()}
 
     def _log_prompts(self, step: int, indices: list[int], mine: list[int]) -> None:
         """Which prompts each step used, and which rank sampled each (``prompts.jsonl``)."""

@@ -46,3 +46,50 @@ def test_lr_schedule_stays_continuous_when_max_steps_changes():
     warm = LRSchedule("cosine", warmup=3, min_ratio=0.0, total=10)
     warm.resume(LRSchedule("cosine", 3, 0.0, 6).state_dict(), step=2)
     assert warm.anchor is None and warm(2) == 0.75 and warm(3) == 1.0
+
+
+def _retiring_run(model_dir, data_dir, out_dir, steps: int, *extra):
+    """A tiny run whose every response is right: with retire_after_solved=1 each drawn prompt retires."""
+    import os
+
+    import rlvr.trainer
+    from rlvr.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "recipes", "demo.yaml"), [
+        f"model.name_or_path={model_dir}", f"data.train_files={data_dir}/train.jsonl", "data.val_files=[]",
+        f"output_dir={out_dir}", f"trainer.max_steps={steps}", "trainer.prompts_per_step=2", "rollout.group_size=2",
+        "trainer.micro_batch_size=4", "rollout.micro_batch_size=4", "rollout.max_new_tokens=4",
+        "checkpoint.every_steps=1", "checkpoint.save_final_model=false", "log.plots=false", "log.progress_bar=false",
+        "log.wandb=false", "log.samples_every=0", "trainer.dynamic_sampling.retire_after_solved=1", *extra])
+    trainer = rlvr.trainer.Trainer(cfg)
+    trainer.reward_fn = lambda texts, answers, **columns: ([1.0] * len(texts), {})
+    trainer.train()
+
+
+def test_a_resumed_run_keeps_the_retired_prompts(qwen25_dir, tmp_path):
+    """Retired prompts are in trainer_state.json: stopped after step 2 and resumed, step 3 has the 4
+    prompts of steps 1-2 retired plus its own 2, and retires what the uninterrupted run retires."""
+    import json
+
+    from rlvr.devtools.make_demo_data import main as make_data
+
+    make_data(["--out", str(tmp_path / "data"), "--train", "8", "--val", "2"])
+    _retiring_run(qwen25_dir, tmp_path / "data", tmp_path / "whole", 3)
+    _retiring_run(qwen25_dir, tmp_path / "data", tmp_path / "split", 2)
+    _retiring_run(qwen25_dir, tmp_path / "data", tmp_path / "split", 3, "resume=auto")
+
+    def retired(run):
+        with open(tmp_path / run / "metrics.jsonl") as f:
+            return [json.loads(line)["data/retired"] for line in f]
+
+    def state(run, step):
+        with open(tmp_path / run / "checkpoints" / f"step_{step:06d}" / "trainer_state.json") as f:
+            return json.load(f)
+
+    assert retired("whole") == retired("split") == [2, 4, 6]
+    with open(tmp_path / "whole" / "prompts.jsonl") as f:
+        used = [row for line in f for row in json.loads(line)["indices"]]
+    assert len(set(used)) == 6  # no retired prompt drawn again
+    assert state("split", 3)["difficulty"] == state("whole", 3)["difficulty"] == {
+        "k": 1, "streaks": [], "retired": sorted(used)}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rlvr.config.engines import ENGINES, RolloutCorrectionConfig, VLLMConfig
 from rlvr.config.problems import ConfigError, Problems  # noqa: F401 (re-exported)
+from rlvr.config.sampling import DynamicSamplingConfig
 
 
 # The choices of algorithm.loss and algorithm.aggregation. rlvr.losses registers the losses by
@@ -257,6 +258,8 @@ class TrainerConfig:
     # A collective that waits longer than this fails the run with an error instead of hanging
     # (a rank died or is stuck). Must exceed the slowest step between collectives.
     collective_timeout_s: int = 1800
+    # online difficulty filter: retire solved prompts, DAPO's dynamic sampling (README, Difficulty filtering)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
 
     def problems(self) -> Problems:
         p = Problems()
@@ -278,7 +281,7 @@ class TrainerConfig:
                   "trainer.micro_batch_size.")
         p.require(self.collective_timeout_s >= 1, f"trainer.collective_timeout_s={self.collective_timeout_s} must be "
                   ">= 1 second; it bounds how long a rank waits for the others before failing (1800 is a safe default).")
-        return p
+        return p + self.dynamic_sampling.problems()
 
 
 @dataclass
