@@ -206,3 +206,35 @@ def test_a_training_run_with_dynamic_sampling_pads_uniform_groups_and_logs_it(qw
     used = [json.loads(line)["indices"] for line in open(tmp_path / "run" / "prompts.jsonl")]
     order = EpochSampler(8, cfg.trainer.seed).take(8)
     assert used == [order[0:2], order[4:6]]  # the padding is each step's first round
+
+
+def two_rows_always_right(completions: list[str], answers: list[str], id: list[str], **columns) -> list[float]:
+    """train-0 and train-1 always right (uniform groups, retired at once); the rest by odd length (varied)."""
+    return [1.0 if row in ("train-0", "train-1") else float(len(c) % 2) for c, row in zip(completions, id)]
+
+
+@pytest.mark.slow
+def test_two_processes_draw_pick_and_retire_as_one(qwen25_dir, tmp_path):
+    """DeepSpeed ZeRO-2 on two CPU processes: the same rounds, picks, retired prompts and losses as one
+    process, with groups moving between ranks (rank r updates on picks r, r + 2, ...)."""
+    from tests.launching import assert_same_trajectory, make_data, rows, run, train_args
+
+    data = make_data(str(tmp_path / "data"), rows=8)
+    extra = ("trainer.dynamic_sampling.filter_groups=true", "trainer.dynamic_sampling.max_extra_rounds=2",
+             "trainer.dynamic_sampling.retire_after_solved=1", "checkpoint.save_final_model=false",
+             "reward.functions=[{name: 'tests.test_difficulty:two_rows_always_right'}]")
+    runs = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        out = str(tmp_path / name)
+        result = run(train_args(qwen25_dir, data, out, *extra), config=None if processes == 1 else "zero2",
+                     processes=processes)
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs[name] = (rows(f"{out}/metrics.jsonl"), rows(f"{out}/prompts.jsonl"))
+    (one, one_prompts), (two, two_prompts) = runs["one"], runs["two"]
+    assert_same_trajectory(one, two)
+    ours = [k for k in one[0] if k.startswith(("dynamic/", "data/"))]
+    assert [[r[k] for k in ours] for r in one] == [[r[k] for k in ours] for r in two]
+    assert [r["indices"] for r in one_prompts] == [r["indices"] for r in two_prompts]
+    for r in two_prompts:
+        assert r["by_rank"] == [r["indices"][0::2], r["indices"][1::2]]
+    assert one[-1]["data/retired"] >= 2 and any(r["dynamic/rounds"] > 1 for r in one)
