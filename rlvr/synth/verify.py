@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from rlvr.difficulty import all_correct
 from rlvr.rewards.gold import GoldParseError, parse_gold
 from rlvr.rewards.verifier import Verifier
 from rlvr.synth.client import ChatRequest, VLMClient
@@ -213,12 +214,6 @@ def import_annotations(path: str) -> Annotations:
 
 
 # -- difficulty ----------------------------------------------------------------------------
-def _all_correct(rewards: Sequence[float]) -> bool:
-    """The "always solved" rule (pass rate 1: every one of n samples correct). The same rule
-    drives online difficulty filtering during RL; a private copy until rlvr.difficulty lands."""
-    return len(rewards) > 0 and all(r == 1.0 for r in rewards)
-
-
 def difficulty_filter(queries: Sequence[Query], client: VLMClient, n: int, verifier: Verifier, *,
                       temperature: float = 1.0, images_dir: str | None = None,
                       max_tokens: int = 2048) -> tuple[list[Query], list[tuple[Query, str]]]:
@@ -239,7 +234,7 @@ def difficulty_filter(queries: Sequence[Query], client: VLMClient, n: int, verif
         scored = iter(verifier.verify_batch(given, [q.answer] * len(given)))
         rewards = [next(scored).reward if r is not None else 0.0 for r in replies]
         q.provenance["difficulty"] = {"samples": n, "correct": int(sum(rewards)), "client": client.name}
-        if _all_correct(rewards):
+        if all_correct(rewards):  # the rule online filtering during RL uses (rlvr.difficulty)
             dropped.append((q, "always_solved"))
         else:
             kept.append(q)
