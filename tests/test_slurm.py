@@ -239,3 +239,38 @@ def test_warning_signal_checkpoints_requeues_and_resumes(cluster, straight_run, 
     assert_same_trajectory(expected, got, rtol=1e-6, atol=1e-7)
     assert [stable(r) for r in got] == [stable(r) for r in expected]
     assert rows(f"{out}/prompts.jsonl") == rows(f"{straight}/prompts.jsonl")
+
+
+SYNTH_SBATCH = os.path.join(ROOT, "launch", "slurm", "synth_array.sbatch")
+
+
+def test_synth_array_shards_then_the_dependent_merge_equal_one_run(cluster, workdir):
+    """launch/slurm/synth_array.sbatch as a 2-task array on the demo recipe: the merge job it submits
+    writes the same JSONL and counts as one unsharded run."""
+    import json
+    import sys
+
+    from rlvr.synth.scenes import render_scenes
+
+    images, out, single = (os.path.join(workdir, name) for name in ("synth-scenes", "synth", "synth-single"))
+    render_scenes(images, 6, seed=1)
+    args = ["--config", os.path.join(ROOT, "recipes", "synth", "demo.yaml"), "--images", images,
+            f"instances.annotations={images}/annotations.json", "difficulty.enabled=false"]
+    start = time.monotonic()
+    result = cluster.slurm("sbatch", "--parsable", "--array=0-1", f"--output={workdir}/synth-%A_%a.out",
+                           SYNTH_SBATCH, *args, "--out", out, check=False)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    # the merge is queued from the array's start, so an empty queue means every job has ended
+    wait_for(lambda: not cluster.slurm("squeue", "-h", check=False).stdout.strip(), 600, "the array and merge", poll=2)
+    print(f"synthesis array of 2 + merge under SLURM: {time.monotonic() - start:.0f} s")
+    logs = "".join(open(os.path.join(workdir, f"synth-{job}_{i}.out")).read() for i in (0, 1))
+    assert os.path.exists(f"{out}/report.json"), logs[-3000:]
+    assert "shard 0/2" in logs and "shard 1/2" in logs
+    assert sorted(os.listdir(f"{out}/shards")) == ["0", "1"]
+    subprocess.run([sys.executable, "-m", "rlvr.synth.hopchain", *args, "--out", single, "--no-progress"],
+                   check=True, cwd=ROOT, env=env(), capture_output=True)
+    merged, alone = (json.load(open(f"{d}/report.json")) for d in (out, single))
+    assert merged["stages"] == alone["stages"] and merged["stages"]["verify"]["kept"] > 0
+    for name in ("train.jsonl", "train_last_hop.jsonl", "train_second_half.jsonl"):
+        assert rows(f"{out}/{name}") == rows(f"{single}/{name}"), name
