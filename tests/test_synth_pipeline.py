@@ -122,9 +122,10 @@ def test_ids_shards_and_category_names():
     for bad in ("3/3", "1", "-1/2", "0/0"):
         with pytest.raises(SynthError, match="0 <= i < N"):
             parse_shard(bad)
-    text = 'Sure: ["Cups", "a cup", "The Traffic Light", "2 dogs", "dog", "cup"]'
-    assert parse_categories(text) == ["cup", "traffic light", "dog"]
+    text = 'Sure: ["Cups", "a cup", "The Traffic Lights", "2 boxes", "box", "glasses", ""]'
+    assert parse_categories(text) == ["cup", "traffic light", "box", "glasses"]
     assert parse_categories("Chair,\n table; chairs") == ["chair", "table"]
+    assert parse_categories("[1, 2, 3, 4]", limit=2) == ["1", "2"]
 
 
 def test_counts_by_stage_and_reason(tmp_path):
@@ -274,3 +275,23 @@ def test_annotators_round_trip_stops_after_stage_3_and_resumes(tmp_path, capsys)
     assert main(args) == 0
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert stages["verify"] == {"unit": "queries", "in": 6, "kept": 5, "dropped": {"solver_disagrees": 1}}
+
+
+def test_vlm_categories_and_writer_through_scripted_clients(tmp_path):
+    """Stages 1 and 3 with VLM clients (scripted replies from files): names parsed, replies rejected by reason."""
+    images, recipe = rendered(tmp_path, n=2)  # scene_00000 (kept) and scene_00001 (2 instances: dropped)
+    lists, writes = tmp_path / "lists.json", tmp_path / "writes.json"
+    lists.write_text(json.dumps(['["Circles", "a square"]', "nothing here I can name"]))
+    writes.write_text(json.dumps(["no JSON at all", '{"question": "How many?", "hops": [], "answer": "2"}']))
+    out = tmp_path / "out"
+    args = ["--config", recipe, "--images", images, "--out", str(out), "--no-progress", "categories.backend=vlm",
+            "categories.client=lister", "queries.writer=vlm", "queries.client=writer",
+            "clients=[{name: lister, backend: scripted, script: " + str(lists) + "}, "
+            "{name: writer, backend: scripted, script: " + str(writes) + "}]", "verify.enabled=false"]
+    assert main(args) == 0
+    record = pipeline.read_stage(str(out), "categories", "scene_00000.png")["record"]
+    assert record["categories"] == ["circle", "square"]
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert stages["categories"]["kept"] == 2  # "nothing here I can name" is one name to the parser; B finds none
+    assert stages["queries"] == {"unit": "queries", "in": 2, "kept": 0,
+                                 "dropped": {"too_few_hops": 1, "unparseable": 1}}

@@ -31,9 +31,12 @@ _ARTICLES = re.compile(r"^(?:a|an|the|some|\d+)\s+")
 def parse_categories(text: str, limit: int = 20) -> list[str]:
     """A VLM's category list (JSON list, or one per line / comma-separated) -> normalised unique names.
 
-    Lowercase, no articles, numbers or punctuation around the name, single spaces; a plural
-    whose singular (name minus a final "s") is also listed folds into the singular.
+    No articles or counts in front ("2 dogs" -> "dog"), then rlvr.synth.segment's
+    normalize_category (lower case, single spaces, the last word singular), so stage 1 names
+    categories the way stage 2 and COCO files do; first mention wins.
     """
+    from rlvr.synth.segment import normalize_category
+
     found = re.search(r"\[.*\]", text, flags=re.S)
     try:
         items = json.loads(found.group(0)) if found else None
@@ -44,10 +47,9 @@ def parse_categories(text: str, limit: int = 20) -> list[str]:
     names = []
     for item in items:
         name = re.sub(r"[^a-z0-9 \-]", " ", str(item).lower())
-        name = _ARTICLES.sub("", re.sub(r"\s+", " ", name).strip()).strip(" -")
+        name = normalize_category(_ARTICLES.sub("", re.sub(r"\s+", " ", name).strip()).strip(" -"))
         if name and len(name) <= 40 and name not in names:
             names.append(name)
-    names = [n for n in names if not (n.endswith("s") and n[:-1] in names)]
     return names[:limit]
 
 
