@@ -295,3 +295,28 @@ def test_vlm_categories_and_writer_through_scripted_clients(tmp_path):
     assert stages["categories"]["kept"] == 2  # "nothing here I can name" is one name to the parser; B finds none
     assert stages["queries"] == {"unit": "queries", "in": 2, "kept": 0,
                                  "dropped": {"too_few_hops": 1, "unparseable": 1}}
+
+
+def test_bad_annotations_and_models_get_one_message(tmp_path, capsys):
+    images, recipe = rendered(tmp_path, n=1)
+    (tmp_path / "bad.json").write_text('{"not": "coco"}')
+    base = ["--config", recipe, "--images", images, "--no-progress"]
+    cases = [([f"instances.annotations={tmp_path / 'bad.json'}"], "instances.annotations="),
+             ([f"instances.annotations={tmp_path / 'none.json'}"], "no such file"),
+             (["difficulty.enabled=true", "difficulty.client=weak",
+               "clients=[{name: solver, backend: scripted}, {name: weak, backend: engine, model: " +
+               str(tmp_path / "no-model") + "}]"], "clients[weak]")]
+    for k, (extra, message) in enumerate(cases):
+        assert main([*base, "--out", str(tmp_path / f"out{k}"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_help_config_lists_every_key_with_its_help(capsys):
+    assert main(["--help-config"]) == 0
+    text = capsys.readouterr().out
+    assert "  verify.k = 4  # independent solver samples per query" in text
+    assert "  api_key_env = null  # openai: environment variable holding the API key" in text
+    from rlvr.config.loader import all_keys
+
+    assert all(f"  {key} = " in text for key in all_keys(SynthConfig))

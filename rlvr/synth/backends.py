@@ -104,7 +104,10 @@ class _Clients:
 
     def __getitem__(self, name: str):
         if name not in self.built:
-            self.built[name] = make_client(self.cfg.client(name), self.oracle)
+            try:
+                self.built[name] = make_client(self.cfg.client(name), self.oracle)
+            except (OSError, ValueError) as e:  # a model folder that is not one, a bad URL
+                raise SynthError(f"clients[{name}]: {e}") from None
         return self.built[name]
 
 
@@ -228,9 +231,13 @@ def build_backends(cfg: SynthConfig, images_dir: str, out_dir: str) -> Backends:
     def coco():
         from rlvr.synth.segment import load_coco
 
-        if not os.path.isfile(cfg.instances.annotations):
-            raise SynthError(f"instances.annotations={cfg.instances.annotations!r}: no such file.")
-        return attach_attributes(load_coco(cfg.instances.annotations, images_dir), cfg.instances.annotations)
+        path = cfg.instances.annotations
+        if not os.path.isfile(path):
+            raise SynthError(f"instances.annotations={path!r}: no such file.")
+        try:
+            return attach_attributes(load_coco(path, images_dir), path)
+        except (OSError, ValueError) as e:
+            raise SynthError(f"instances.annotations={path!r}: {e}") from None
 
     def annotations(image: str):
         record = coco().get(image)

@@ -123,7 +123,7 @@ class VerifyConfig:
     client: str = ""  # the solvers' client name; empty = only human annotations (import_file)
     k: int = 4  # independent solver samples per query; kept only when all K agree with the writer
     temperature: float = 1.0  # solver sampling temperature (independent samples need > 0)
-    export_file: str = ""  # write the queries for human annotators here (JSONL) after stage 3
+    export_file: str = ""  # write the queries for human annotators here after stage 3 (JSONL; CSV if it ends .csv)
     import_file: str = ""  # human annotators' answers (the export, filled in); counted with the solvers'
 
     def problems(self) -> Problems:

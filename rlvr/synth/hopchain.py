@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 
-from rlvr.synth.config import SynthConfig
+from rlvr.synth.config import ClientConfig, SynthConfig
 from rlvr.synth.pipeline import SynthError, final_queries, final_records, list_images, parse_shard, run, totals
 
 log = logging.getLogger("rlvr.synth")
@@ -155,6 +155,32 @@ def _merge(argv: list[str]) -> int:
     return 0
 
 
+def help_config() -> str:
+    """Every key of SynthConfig with its default and the comment beside its field."""
+    import dataclasses
+    import typing
+
+    from rlvr.config.help import field_help
+
+    lines = []
+
+    def walk(cls: type, prefix: str) -> None:
+        helps, hints, default = field_help(cls), typing.get_type_hints(cls), cls()
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"\n{prefix}{f.name}:")
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name} = {json.dumps(value)}  # {helps.get(f.name, '')}")
+    walk(SynthConfig, "")
+    lines.append("\nclients: a list; each entry has")
+    helps, default = field_help(ClientConfig), ClientConfig()
+    lines += [f"  {f.name} = {json.dumps(getattr(default, f.name))}  # {helps.get(f.name, '')}"
+              for f in dataclasses.fields(ClientConfig)]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def _print_paths(paths: dict) -> None:
     for name, path in paths.items():
         shown = ", ".join(path.values()) if isinstance(path, dict) else ", ".join(path) \
@@ -163,8 +189,10 @@ def _print_paths(paths: dict) -> None:
 
 
 def _run(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m rlvr.synth.hopchain", description=__doc__.split("\n")[0],
-                                epilog="Subcommands: merge --out DIR SHARD_DIR... ; render --out DIR --n 32.")
+    p = argparse.ArgumentParser(prog="python -m rlvr.synth.hopchain",
+                                description="HopChain's four stages from a folder of images to training JSONL.",
+                                epilog="Every config key: --help-config. Subcommands: merge --out DIR SHARD_DIR... "
+                                       "(after --shard runs); render --out DIR --n 32 (the demo's scenes).")
     p.add_argument("--config", help="synthesis recipe YAML (recipes/synth/)")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder; a rerun into it resumes")
@@ -182,6 +210,9 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if "--help-config" in argv:
+        print(help_config(), end="")
+        return 0
     command = {"merge": _merge, "render": _render}.get(argv[0] if argv else "", _run)
     try:
         return command(argv[1:] if command is not _run else argv)
