@@ -46,15 +46,17 @@ _TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with
                 "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
                 '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 
-# The same system turn as a chat-template fragment, for templates without a tools section
-# (Qwen2-VL, Qwen2.5-VL): put it first, and skip the template's own system turn when tools are given.
+# The same system turn as a chat-template fragment (rendered with ``tools=``), for serving a family
+# whose template has no tools section (Qwen2-VL, Qwen2.5-VL) with a tools-aware template: it must
+# replace that template's own system turn. rlvr's rollouts need no template change: they pass
+# ``tools_system_prompt`` as the system message, which every family's template renders as it is.
 TOOLS_TEMPLATE_FRAGMENT = (
-    "{%- if tools -%}<|im_start|>system\n"
+    "{%- if tools -%}<|im_start|>system{{ '\\n' }}"
     "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}"
     "{%- else -%}" + DEFAULT_SYSTEM + "{%- endif -%}"
     "{{ " + json.dumps(_TOOLS_INTRO) + " }}"
     "{%- for tool in tools -%}{{ '\\n' }}{{ tool | tojson }}{%- endfor -%}"
-    "{{ " + json.dumps(_TOOLS_OUTRO) + " }}<|im_end|>\n{%- endif -%}"
+    "{{ " + json.dumps(_TOOLS_OUTRO) + " }}<|im_end|>{{ '\\n' }}{%- endif -%}"
 )
 
 
