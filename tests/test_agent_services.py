@@ -70,6 +70,13 @@ def _get(url: str, path: str = "/health", headers: dict | None = None) -> tuple[
         return e.code, json.loads(e.read())
 
 
+def _wait_until(condition, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout_s}s for {what}"
+        time.sleep(0.01)
+
+
 def _png(image: Image.Image) -> str:
     return services.encode_image(image)
 
@@ -156,9 +163,7 @@ def test_concurrency_limit_refuses_beyond_k_with_503(scripted):
     threads = [threading.Thread(target=call) for _ in range(4)]  # K + 2
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while not (server.in_flight == 2 and server.refused == 2) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until(lambda: server.in_flight == 2 and server.refused == 2, "2 in flight and 2 refused")
     assert _get(server.url)[1]["in_flight"] == 2  # health answers while the slots are busy
     gate.set()
     for t in threads:
@@ -184,14 +189,12 @@ def test_retries_after_503_then_success(scripted):
     server, model = scripted(max_concurrency=1, gate=gate)
     blocker = threading.Thread(target=_post, args=(server.url, {"arguments": {"query": "first"}}))
     blocker.start()
-    while server.in_flight != 1:
-        time.sleep(0.01)
+    _wait_until(lambda: server.in_flight == 1, "the blocking call")
     tool = _tool(server, timeout_s=10, retries=5, backoff_s=0.05)
     out: list = []
     caller = threading.Thread(target=lambda: out.append(tool.call({"query": "second"}, [Image.new("RGB", (6, 4))])))
     caller.start()
-    while server.refused < 2:  # two refusals seen, then the slot frees
-        time.sleep(0.01)
+    _wait_until(lambda: server.refused >= 2, "two refusals")  # then the slot frees
     gate.set()
     caller.join(10)
     blocker.join(10)
@@ -204,8 +207,7 @@ def test_retries_after_503_then_success(scripted):
     gate.clear()
     blocker = threading.Thread(target=_post, args=(server.url, {"arguments": {}}))
     blocker.start()
-    while server.in_flight != 1:
-        time.sleep(0.01)
+    _wait_until(lambda: server.in_flight == 1, "the blocking call")
     obs = _tool(server, retries=1, backoff_s=0.01).call({}, [Image.new("RGB", (6, 4))])
     gate.set()
     blocker.join(10)
