@@ -289,7 +289,9 @@ def pick_image(images: list, index: int | None) -> Image.Image:
 
 
 class ImageTool(Tool):
-    """A tool on one image of the conversation; ``apply`` returns the new image and a description."""
+    """A tool on one image of the conversation; ``apply`` returns the new image and a description.
+
+    ``apply`` gets an RGB copy (``convert`` copies), so drawing on it never changes the conversation's image."""
 
     def call(self, arguments: dict, images: list) -> Observation:
         index = arguments.pop("image_index", None)
@@ -364,7 +366,7 @@ class DrawHorizontalLine(ImageTool):
                                                    "image_index": IMAGE_INDEX}, "required": ["y"]}
 
     def apply(self, image, y):
-        out = image.copy()
+        out = image
         first, last = _span(to_pixel(y, image.height), line_width(image), image.height)
         ImageDraw.Draw(out).rectangle((0, first, image.width - 1, last), fill=MARK_COLOUR)
         return out, f"Drew a horizontal line at y={y:g}"
@@ -377,7 +379,7 @@ class DrawVerticalLine(ImageTool):
                                                    "image_index": IMAGE_INDEX}, "required": ["x"]}
 
     def apply(self, image, x):
-        out = image.copy()
+        out = image
         first, last = _span(to_pixel(x, image.width), line_width(image), image.width)
         ImageDraw.Draw(out).rectangle((first, 0, last, image.height - 1), fill=MARK_COLOUR)
         return out, f"Drew a vertical line at x={x:g}"
@@ -393,7 +395,7 @@ class Point(ImageTool):
                                                    "image_index": IMAGE_INDEX}, "required": ["x", "y"]}
 
     def apply(self, image, x, y):
-        out = image.copy()
+        out = image
         px, py, r = to_pixel(x, image.width), to_pixel(y, image.height), max(1, min(image.size) // 50)
         ImageDraw.Draw(out).rectangle((px - r, py - r, px + r, py + r), fill=MARK_COLOUR)
         return out, f"Marked the point ({x:g}, {y:g})"
