@@ -7,16 +7,16 @@ tool and a call over the time limit all come back as an error observation the mo
 and are counted per tool (``ToolRegistry.stats``).
 
 Coordinates: every built-in image tool takes Qwen's 0-1000 normalised coordinates
-(``x`` from the left edge, ``y`` from the top, 1000 = the far edge) of the image it acts on,
-whatever that image's pixel size. The model sees images resized by the processor's pixel
-budget, so pixel coordinates of the original would be a number it cannot know;
-0-1000 means the same point at any resolution (Qwen2-VL's and Qwen3-VL's grounding
-convention). ``image_index`` picks the image among the conversation's images (the prompt's,
+(``x`` from the left, ``y`` from the top, 1000 = the far edge) of the image it acts on. The
+model sees images resized by the processor's pixel budget, so it cannot know the original's
+pixel coordinates; 0-1000 is the same point at any resolution (Qwen2-VL's and Qwen3-VL's
+grounding convention). ``image_index`` picks the image among the conversation's images (the prompt's,
 then each observation's, in order); default: the last one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass, field
@@ -50,7 +50,6 @@ class Observation:
 @dataclass
 class ToolCall:
     """A parsed call: the tool's ``name`` and its ``arguments`` (a JSON object)."""
-
     name: str
     arguments: dict
 
@@ -58,7 +57,6 @@ class ToolCall:
 @dataclass
 class CallError:
     """Text that looked like a tool call but is not a valid one; ``reason`` is shown to the model."""
-
     reason: str
 
 
@@ -118,8 +116,6 @@ def _check_value(value: Any, spec: dict, where: str) -> str | None:
 
 
 def json_repr(value: Any) -> str:
-    import json
-
     text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -196,10 +192,8 @@ class ToolRegistry:
         with self._lock:
             stats = self.stats.setdefault(name, ToolStats())
             stats.calls += 1
-            if outcome == "error":
-                stats.errors += 1
-            elif outcome == "timeout":
-                stats.timeouts += 1
+            stats.errors += outcome == "error"
+            stats.timeouts += outcome == "timeout"
 
     def run(self, call: ToolCall | CallError, images: list, time_limit_s: float = 10.0) -> Observation:
         """The observation of ``call`` on the conversation's ``images``; errors and timeouts as text.
@@ -211,7 +205,7 @@ class ToolRegistry:
         if isinstance(call, CallError):
             self._count(INVALID, "error")
             return Observation.failure(call.reason)
-        tool = self.tools.get(call.name)
+        tool = self.get(call.name)
         if tool is None:
             self._count(INVALID, "error")
             return Observation.failure(f"unknown tool {call.name!r}; available tools: {self.names()}")
