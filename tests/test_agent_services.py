@@ -292,3 +292,5 @@ def test_command_line_errors_are_messages(capsys):
     assert "the ocr service has no built-in model" in capsys.readouterr().err
     assert services.main(["--tool", "detect"]) == 2
     assert "--model is required" in capsys.readouterr().err
+    assert services.main(["--tool", "ocr", "--tiny"]) == 2
+    assert "--tiny builds ['detect', 'segment'] models, not 'ocr'" in capsys.readouterr().err

@@ -18,6 +18,9 @@ image, as for the in-process tools (``rlvr.agent.tools``), in the arguments and 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 from typing import Any, Protocol
 
@@ -26,6 +29,7 @@ from PIL import Image, ImageDraw
 from rlvr.agent.tools import BBOX, COORD_MAX, ToolArgumentError, box_pixels, to_pixel
 from rlvr.synth.records import to_1000
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image sent to a service: PIL decodes the whole image into memory
 MAX_QUERY_CHARS, MAX_QUERY_NAMES = 200, 10  # the policy writes the query: cap what reaches the text encoder
 _COLORS = [(255, 48, 48), (48, 200, 48), (48, 96, 255), (255, 160, 0), (200, 0, 200), (0, 200, 200)]
 
@@ -172,7 +176,41 @@ def load_model(tool: str, model_path: str, device: str = "cpu", **options: Any) 
     return MODELS[tool](model_path, device=device, **options)
 
 
+# --------------------------------------------------------------------------- images on the wire
+
+
+def encode_image(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(data: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """base64 PNG/JPEG -> RGB image; ``ValueError`` with a message on anything else or on too many pixels."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+        image = Image.open(io.BytesIO(raw))  # reads the header only: the size is known before decoding
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as e:  # OSError: not an image
+        raise ValueError(f"not a base64 image ({type(e).__name__}: {e})") from None
+    if image.width * image.height > max_pixels:
+        raise ValueError(f"image is {image.width}x{image.height}, over the service's {max_pixels} pixels")
+    try:
+        return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # a truncated file
+        raise ValueError(f"image could not be decoded ({type(e).__name__}: {e})") from None
+
+
 # --------------------------------------------------------------------------- tiny random-weight models
+
+
+def make_tiny(tool: str) -> str:
+    """A random-weight model of ``tool`` in a fresh temporary folder (``--tiny``: a service to try the wiring)."""
+    import tempfile
+
+    makers = {"detect": make_tiny_grounding_dino, "segment": make_tiny_sam}
+    if tool not in makers:
+        raise ValueError(f"--tiny builds {sorted(makers)} models, not {tool!r}")
+    return makers[tool](tempfile.mkdtemp(prefix=f"tiny-{tool}-"))
 
 
 def make_tiny_grounding_dino(out: str, seed: int = 0) -> str:
@@ -183,10 +221,15 @@ def make_tiny_grounding_dino(out: str, seed: int = 0) -> str:
     """
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor,
-                              PreTrainedTokenizerFast)
+    from transformers import (
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        PreTrainedTokenizerFast,
+    )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
-        GroundingDinoImageProcessorPil)
+        GroundingDinoImageProcessorPil,
+    )
 
     vocab = {f"[unused{i}]": i for i in range(1030)}
     for word, i in {"[PAD]": 0, "circle": 1, "cup": 2, "square": 3, "digit": 4, "[UNK]": 100, "[CLS]": 101,

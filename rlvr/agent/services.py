@@ -3,6 +3,7 @@
 One service = one process = one model (``rlvr.agent.service_models``), as OpenThinkIMG deploys them::
 
     python -m rlvr.agent.services --tool detect --model IDEA-Research/grounding-dino-base --port 8101 --max-concurrency 2
+    python -m rlvr.agent.services --tool segment --tiny     # a random-weight model, to try the wiring
 
 Protocol (JSON over HTTP, standard library only):
 
@@ -26,11 +27,8 @@ checks arguments against the tool's schema, and caps request bytes and image pix
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import dataclasses
 import hmac
-import io
 import json
 import logging
 import os
@@ -44,44 +42,13 @@ from typing import Any
 
 from PIL import Image
 
-from rlvr.agent.tools import (
-    IMAGE_INDEX,
-    Observation,
-    Tool,
-    ToolArgumentError,
-    pick_image,
-    validate_arguments,
-)
+from rlvr.agent.service_models import MAX_IMAGE_PIXELS, decode_image, encode_image
+from rlvr.agent.tools import IMAGE_INDEX, Observation, Tool, ToolArgumentError, pick_image, validate_arguments
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGES = 8
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode_image(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_image(data: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """base64 PNG/JPEG -> RGB image; ``ValueError`` with a message on anything else or on too many pixels."""
-    try:
-        raw = base64.b64decode(data, validate=True)
-        image = Image.open(io.BytesIO(raw))  # reads the header only: the size is known before decoding
-    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as e:  # OSError: not an image
-        raise ValueError(f"not a base64 image ({type(e).__name__}: {e})") from None
-    if image.width * image.height > max_pixels:
-        raise ValueError(f"image is {image.width}x{image.height}, over the service's {max_pixels} pixels")
-    try:
-        return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # a truncated file
-        raise ValueError(f"image could not be decoded ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------- the server
@@ -386,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlvr.agent.services", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", required=True, help="detect, segment or ocr")
     parser.add_argument("--model", help="model folder or hub id (detect: Grounding DINO; segment: SAM)")
-    parser.add_argument("--tiny", action="store_true", help="build a random-weight model (detect) for a smoke run")
+    parser.add_argument("--tiny", action="store_true", help="a random-weight model (detect, segment): a smoke run")
     parser.add_argument("--host", default="127.0.0.1", help="bind address; 127.0.0.1 unless the network needs it")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     parser.add_argument("--max-concurrency", type=int, default=1, help="calls run at once; more get 503")
@@ -405,13 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         if args.tiny:
-            if args.tool != "detect":
-                raise ValueError("--tiny builds a detect model only")
-            import tempfile
-
-            args.model = service_models.make_tiny_grounding_dino(tempfile.mkdtemp(prefix="tiny-gdino-"))
+            args.model = service_models.make_tiny(args.tool)
         if not args.model and args.tool != "ocr":
-            raise ValueError("--model is required (or --tiny for a random-weight detector)")
+            raise ValueError("--model is required (or --tiny for a random-weight model)")
         model = service_models.load_model(args.tool, args.model or "", device=args.device)
         server = ToolServer(model, (args.host, args.port), args.max_concurrency, args.model or "", token)
     except (ValueError, OSError) as e:
@@ -423,8 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
-    finally:
         server.server_close()
     return 0
 
