@@ -206,7 +206,7 @@ class ServiceConfig:
 
     name: str  # the tool name the policy writes in its call, e.g. "detect"
     url: str  # e.g. "http://127.0.0.1:8101"
-    timeout_s: float = 30.0  # the whole call, retries and backoff included
+    timeout_s: float = 8.0  # the whole call, retries and backoff included; under ToolRegistry.run's time limit (10 s)
     retries: int = 2  # further attempts after a connection error, 503 or other 5xx
     backoff_s: float = 0.5  # wait before retry k is backoff_s * 2**k (or the server's Retry-After if shorter)
     token_env: str | None = None  # environment variable holding the shared token, if the service wants one
@@ -221,7 +221,7 @@ class RemoteTool(Tool):
     (which image of the conversation) is added here: the client sends only that image.
     """
 
-    def __init__(self, name: str, url: str, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.5,
+    def __init__(self, name: str, url: str, timeout_s: float = 8.0, retries: int = 2, backoff_s: float = 0.5,
                  description: str | None = None, parameters: dict | None = None, token: str | None = None):
         from rlvr.agent.service_models import MODELS
 
@@ -274,7 +274,8 @@ class RemoteTool(Tool):
             status, reply = self._post(body, left)
             if status == 200:
                 try:
-                    return reply.get("text", ""), [decode_image(im) for im in reply.get("images", [])], reply.get("error")
+                    images = [decode_image(im) for im in reply.get("images", [])]
+                    return reply.get("text", ""), images, reply.get("error")
                 except (ValueError, AttributeError) as e:
                     return "", [], f"{self.name}: the service sent a reply that could not be read: {e}"
             last = reply.get("error", "") if isinstance(reply, dict) else str(reply)
