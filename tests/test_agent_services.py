@@ -135,6 +135,21 @@ def test_detect_call_returns_text_and_an_image_of_the_input_size(detect_server):
     assert bad.error and "image_index 3 is out of range" in bad.text
 
 
+def test_concurrent_calls_on_one_model_agree(detect_server):
+    # K=2 forwards of the same torch model at once, two more retried after 503: all give the same answer.
+    image = Image.new("RGB", (64, 48), (200, 200, 30))
+    tool = RemoteTool("detect", detect_server.url, timeout_s=20, retries=20, backoff_s=0.02)
+    alone = tool.call({"query": "cup"}, [image])
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(tool.call({"query": "cup"}, [image]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert [o.text for o in out] == [alone.text] * 4 and alone.error is None
+    assert all(o.images[0].tobytes() == alone.images[0].tobytes() for o in out)
+
+
 def test_segment_service_with_tiny_sam(tmp_path):
     server = serve(service_models.load_model("segment", service_models.make_tiny_sam(str(tmp_path / "sam"))))
     try:
