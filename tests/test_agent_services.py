@@ -4,7 +4,6 @@ scripted slow/failing models), the client tool's timeouts and retries, health ch
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -296,8 +295,13 @@ def test_check_services_reports_each_service(detect_server, monkeypatch):
     assert report["ocr"]["ok"] is False and report["ocr"]["error"].startswith("cannot reach http://127.0.0.1:9/health")
     tool = RemoteTool.from_config(ServiceConfig("detect", detect_server.url, timeout_s=3, retries=1))
     assert (tool.timeout_s, tool.retries, tool.parameters["properties"]["image_index"]["minimum"]) == (3, 1, 0)
+    unset = ServiceConfig("detect", detect_server.url, token_env="TOOL_TOKEN_UNSET_FOR_TEST")
     with pytest.raises(ValueError, match="TOOL_TOKEN_UNSET_FOR_TEST is not set"):
-        RemoteTool.from_config(ServiceConfig("detect", detect_server.url, token_env="TOOL_TOKEN_UNSET_FOR_TEST"))
+        RemoteTool.from_config(unset)
+    assert check_services([unset])["detect"]["error"].endswith("/health: token_env TOOL_TOKEN_UNSET_FOR_TEST is not set "
+                                                               "in the environment")
+    with pytest.raises(ValueError, match="need an http.s. url, timeout_s > 0"):
+        RemoteTool.from_config(ServiceConfig("detect", "127.0.0.1:8101"))
 
 
 def test_command_line_errors_are_messages(capsys):
@@ -307,5 +311,7 @@ def test_command_line_errors_are_messages(capsys):
     assert "the ocr service has no built-in model" in capsys.readouterr().err
     assert services.main(["--tool", "detect"]) == 2
     assert "--model is required" in capsys.readouterr().err
+    assert services.main(["--tool", "detect", "--tiny", "--token-env", "RLVR_TEST_UNSET_TOKEN"]) == 2
+    assert "--token-env RLVR_TEST_UNSET_TOKEN: the variable is not set" in capsys.readouterr().err
     assert services.main(["--tool", "ocr", "--tiny"]) == 2
     assert "--tiny builds ['detect', 'segment'] models, not 'ocr'" in capsys.readouterr().err

@@ -19,9 +19,8 @@ Why 503 and not a queue: the client owns the time limit (``timeout_s``) and retr
 server-side queue would only hide overload from it and hold connections open past the client's deadline;
 a refused call costs one round trip, and ``in_flight`` in ``/health`` shows the load.
 
-Security (PITFALLS "Services and secrets"): binds 127.0.0.1 unless ``--host`` says otherwise, takes an optional
-shared token (``--token-env VAR``: the token is read from that variable, sent as ``Authorization: Bearer``),
-checks arguments against the tool's schema, and caps request bytes and image pixels.
+Security (PITFALLS "Services and secrets"): binds 127.0.0.1 unless ``--host`` says otherwise; an optional shared
+token (``--token-env VAR``, sent as ``Authorization: Bearer``); arguments checked; request bytes and pixels capped.
 """
 
 from __future__ import annotations
@@ -94,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # the default writes every request to stderr
-        logger.debug("%s " + format, self.address_string(), *args)
+        logger.debug(format, *args)
 
     def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
@@ -208,7 +207,7 @@ class ServiceConfig:
     url: str  # e.g. "http://127.0.0.1:8101"
     timeout_s: float = 8.0  # the whole call, retries and backoff included; under ToolRegistry.run's time limit (10 s)
     retries: int = 2  # further attempts after a connection error, 503 or other 5xx
-    backoff_s: float = 0.5  # wait before retry k is backoff_s * 2**k (or the server's Retry-After if shorter)
+    backoff_s: float = 0.5  # wait before retry k (from 0) is backoff_s * 2**k, within timeout_s
     token_env: str | None = None  # environment variable holding the shared token, if the service wants one
 
 
@@ -228,6 +227,9 @@ class RemoteTool(Tool):
         builtin = MODELS.get(name)
         if (description is None or parameters is None) and builtin is None:
             raise ValueError(f"tool {name!r} is not built in ({sorted(MODELS)}): give its description and parameters")
+        if not (url.startswith(("http://", "https://")) and timeout_s > 0 and retries >= 0 and backoff_s >= 0):
+            raise ValueError(f"tool {name!r}: need an http(s) url, timeout_s > 0, retries >= 0 and backoff_s >= 0; "
+                             f"got {url!r}, {timeout_s}, {retries}, {backoff_s}")
         self.name, self.url, self.timeout_s = name, url.rstrip("/"), timeout_s
         self.retries, self.backoff_s, self.token = retries, backoff_s, token
         self.description = description if description is not None else builtin.description
@@ -323,14 +325,16 @@ def check_services(services: list[ServiceConfig], timeout_s: float = 5.0) -> dic
     for service in services:
         started = time.monotonic()
         entry: dict[str, Any] = {"ok": False, "url": service.url}
-        headers = {}
         token = os.environ.get(service.token_env) if service.token_env else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
+            if service.token_env and not token:
+                raise ValueError(f"token_env {service.token_env} is not set in the environment")
             request = urllib.request.Request(service.url.rstrip("/") + "/health", headers=headers)
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 health = json.loads(response.read())
+            if not isinstance(health, dict):
+                raise ValueError("the reply is not an rlvr tool service's")
             entry["health"] = health
             if health.get("tool") != service.name:
                 entry["error"] = f"{service.url} serves tool {health.get('tool')!r}, not {service.name!r}"
@@ -340,8 +344,10 @@ def check_services(services: list[ServiceConfig], timeout_s: float = 5.0) -> dic
                 entry["ok"] = True
         except urllib.error.HTTPError as e:
             entry["error"] = f"{service.url}/health answered HTTP {e.code}"
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+        except (urllib.error.URLError, OSError) as e:
             entry["error"] = f"cannot reach {service.url}/health: {getattr(e, 'reason', e)}"
+        except ValueError as e:  # no token, not a URL, not JSON
+            entry["error"] = f"{service.url}/health: {e}"
         entry["ms"] = round(1000 * (time.monotonic() - started), 1)
         report[service.name] = entry
     return report
@@ -365,12 +371,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlvr.agent import service_models
 
-    token = None
-    if args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            print(f"error: --token-env {args.token_env}: the variable is not set", file=sys.stderr)
-            return 2
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        print(f"error: --token-env {args.token_env}: the variable is not set", file=sys.stderr)
+        return 2
     try:
         if args.tiny:
             args.model = service_models.make_tiny(args.tool)
