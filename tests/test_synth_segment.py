@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -167,37 +166,9 @@ def test_sam3_missing_model_is_a_message(tmp_path):
 
 
 def _tiny_grounding_dino(out: str) -> str:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor,
-                              PreTrainedTokenizerFast)
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
-        GroundingDinoImageProcessorPil)
+    from rlvr.agent.service_models import make_tiny_grounding_dino  # the detect service's tiny model
 
-    # The model masks text by BERT's ids ([CLS] 101, [SEP] 102, "." 1012, "?" 1029), so the vocabulary keeps them.
-    vocab = {f"[unused{i}]": i for i in range(1030)}
-    for word, i in {"[PAD]": 0, "circle": 1, "cup": 2, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, ".": 1012,
-                    "?": 1029}.items():
-        del vocab[f"[unused{i}]"]
-        vocab[word] = i
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]",
-                                        pad_token="[PAD]", unk_token="[UNK]")
-    config = GroundingDinoConfig(
-        backbone_config={"model_type": "swin", "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1],
-                         "window_size": 2, "image_size": 32, "out_features": ["stage1", "stage2"]},
-        text_config={"model_type": "bert", "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64},
-        num_queries=8, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, num_feature_levels=2,
-        encoder_n_points=2, decoder_n_points=2, max_text_len=32)
-    torch.manual_seed(0)
-    GroundingDinoForObjectDetection(config).save_pretrained(out)
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 48})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
+    return make_tiny_grounding_dino(out)
 
 
 def test_grounded_detections_by_hand():
