@@ -4,8 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-from rlvr.agent.calls import (TOOLS_TEMPLATE_FRAGMENT, generation_prefix, observation_turn, parse_tool_call,
-                              tool_call_stop, tools_system_prompt)
+from rlvr.agent.calls import (
+    TOOLS_TEMPLATE_FRAGMENT,
+    generation_prefix,
+    observation_turn,
+    parse_tool_call,
+    tool_call_stop,
+    tools_system_prompt,
+)
 from rlvr.agent.tools import CallError, Observation, ToolCall, ToolRegistry, image_tools
 from rlvr.batch import continue_prompt
 

@@ -9,8 +9,21 @@ import time
 import pytest
 from PIL import Image
 
-from rlvr.agent.tools import (INVALID, CallError, Crop, DrawHorizontalLine, DrawVerticalLine, Observation, Point,
-                              Tool, ToolCall, ToolRegistry, ZoomIn, image_tools, validate_arguments)
+from rlvr.agent.tools import (
+    INVALID,
+    CallError,
+    Crop,
+    DrawHorizontalLine,
+    DrawVerticalLine,
+    Observation,
+    Point,
+    Tool,
+    ToolCall,
+    ToolRegistry,
+    ZoomIn,
+    image_tools,
+    validate_arguments,
+)
 
 RED = (255, 0, 0)
 

@@ -70,8 +70,8 @@ def tools_system_prompt(schemas: list[dict], system: str | None = None) -> str:
 
 # --- parsing the model's call ---------------------------------------------------------------------
 
-_XML_FUNCTION = re.compile(r"^<function=([^>\n]+)>(.*?)</function>$", re.S)
-_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.S)
+_XML_FUNCTION = re.compile(r"^<function=([^>\n]+)>(.*?)</function>$", re.DOTALL)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 
 
 def _parse_xml_body(body: str) -> ToolCall | CallError:

@@ -43,7 +43,7 @@ class Observation:
     error: str | None = None
 
     @classmethod
-    def failure(cls, message: str) -> "Observation":
+    def failure(cls, message: str) -> Observation:
         return cls(text=f"Error: {message}", images=[], error=message)
 
 
@@ -253,7 +253,7 @@ BBOX = {"type": "array", "items": _coord("0-1000"), "minItems": 4, "maxItems": 4
 
 def to_pixel(value: float, size: int) -> int:
     """A 0-1000 coordinate as the index of the pixel it falls in (1000: the last pixel)."""
-    return min(size - 1, int(math.floor(value * size / COORD_MAX)))
+    return min(size - 1, math.floor(value * size / COORD_MAX))
 
 
 def box_pixels(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -262,8 +262,8 @@ def box_pixels(box: list[float], width: int, height: int) -> tuple[int, int, int
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise ToolArgumentError(f"bbox_2d {box} is empty: need x1 < x2 and y1 < y2")
-    left, top = int(math.floor(x1 * width / COORD_MAX)), int(math.floor(y1 * height / COORD_MAX))
-    right, bottom = int(math.ceil(x2 * width / COORD_MAX)), int(math.ceil(y2 * height / COORD_MAX))
+    left, top = math.floor(x1 * width / COORD_MAX), math.floor(y1 * height / COORD_MAX)
+    right, bottom = math.ceil(x2 * width / COORD_MAX), math.ceil(y2 * height / COORD_MAX)
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
