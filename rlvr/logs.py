@@ -28,13 +28,27 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= (self.own_level if own else logging.ERROR)
 
 
+class _Stderr(logging.StreamHandler):
+    """A console handler writing to whatever ``sys.stderr`` is when a record comes, not the
+    stream that was there at setup: a redirect or a test harness may have replaced and closed
+    that one since (logging would then print "--- Logging error ---" and a traceback)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always reads sys.stderr
+        pass
+
+
 def setup_logging(log_file: str | None = None) -> None:
     """Console logging as above; with ``log_file``, everything at INFO and above also goes there."""
     rank = rank_of_process()
     root = logging.getLogger()
     fmt = logging.Formatter(_CONSOLE_FORMAT.format(rank=rank), datefmt="%H:%M:%S")
     if not any(getattr(h, "_rlvr_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _Stderr()
         console.setFormatter(fmt)
         console.addFilter(_ConsoleFilter(rank))
         console._rlvr_console = True

@@ -251,6 +251,24 @@ logging.getLogger("some.library").error("a library error")
     assert "rlvr info line" in text
 
 
+def test_the_console_follows_a_replaced_stderr():
+    """A stderr replaced and closed after setup (a redirect, a test harness) must not turn the next
+    log line into "--- Logging error ---" and a traceback: the console writes to the stderr of now."""
+    script = """
+import io, logging, sys
+from rlvr.logs import setup_logging
+real, sys.stderr = sys.stderr, io.StringIO()
+setup_logging()
+sys.stderr.close()
+sys.stderr = real
+logging.getLogger("rlvr.synth").warning("after the old stderr closed")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr
+    assert "after the old stderr closed" in result.stderr and "Logging error" not in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_a_batch_that_does_not_split_over_two_processes_is_one_message(qwen25_dir, tiny_data, tmp_path):
     """prompts_per_step=3 on 2 processes: rank 0 says so once, exit 2, no rank prints a traceback.
