@@ -68,10 +68,9 @@ def run_training(argv: list[str]) -> int:
             if rank_of_process() == 0:
                 print(f"config error: {e}", file=sys.stderr)
             return 2
-        if cfg.rollout.engine == "vllm":  # vLLM's environment, before anything imports transformers' image code
-            from rlvr.rollout.vllm_env import prepare
+        from rlvr.rollout.vllm_env import prepare_for_run
 
-            prepare(cfg.rollout.vllm.cpu_kv_cache_gib)
+        prepare_for_run(cfg)  # vLLM's environment before the processor loads
         log_file = os.path.join(cfg.output_dir, LOG_NAME)
         setup_logging(log_file)
         return _train(cfg, log_file)

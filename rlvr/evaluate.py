@@ -312,10 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_model(args.model)
         config_path = args.config or source.run_config
         cfg = load_config(config_path, args.overrides)
-        if cfg.rollout.engine == "vllm":  # vLLM's environment, before anything imports transformers' image code
-            from rlvr.rollout.vllm_env import prepare
+        from rlvr.rollout.vllm_env import prepare_for_run
 
-            prepare(cfg.rollout.vllm.cpu_kv_cache_gib)
+        prepare_for_run(cfg)  # vLLM's environment before the processor loads
         cfg.model.name_or_path = source.weights_dir
         cfg.data.val_files = list(args.data)
         check = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_files=cfg.data.train_files or args.data))

@@ -104,3 +104,10 @@ def prepare(cpu_kv_cache_gib: float = 1.0) -> dict[str, str]:
     os.environ.update(set_now)
     patch_broken_torchvision()
     return set_now
+
+
+def prepare_for_run(cfg) -> None:
+    """At a command's start, right after its config loads: vLLM's environment when ``rollout.engine=vllm``,
+    before anything imports transformers' image processing (training, validate and evaluate call it)."""
+    if cfg.rollout.engine == "vllm":
+        prepare(cfg.rollout.vllm.cpu_kv_cache_gib)

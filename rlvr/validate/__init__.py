@@ -79,10 +79,9 @@ def check_setup(config_path: str | None, overrides: list[str], max_rows: int | N
     except OSError as e:
         report.add("Config", FAIL, f"cannot read {config_path}: {_brief(e)}")
         return report
-    if cfg.rollout.engine == "vllm":  # as training does: vLLM's environment before the processor loads
-        from rlvr.rollout.vllm_env import prepare
+    from rlvr.rollout.vllm_env import prepare_for_run
 
-        prepare(cfg.rollout.vllm.cpu_kv_cache_gib)
+    prepare_for_run(cfg)  # vLLM's environment before the processor loads
     processes = num_gpus or _environment_defaults()[0]
     try:
         check_config(cfg, num_processes=processes)
