@@ -31,18 +31,75 @@ class PromptInputs:
 
 
 @dataclass
+class Turn:
+    """One segment of a multi-turn response: ``token_ids[start:end]`` of the ``Response``.
+
+    ``kind`` "model": tokens the model sampled (trained on); "observation": what was appended
+    after a tool call (the end of the model's turn, the tool's response with its images, the
+    next assistant turn's opening), never trained on. An observation names its ``tool`` (None
+    when the call could not be parsed), its ``status`` ("ok", "error", "timeout", "invalid":
+    the call was malformed or named an unknown tool), the ``text`` the model reads and how
+    many ``images`` it shows (``Response.images``, in order).
+    """
+
+    kind: str
+    start: int
+    end: int
+    tool: str | None = None
+    status: str | None = None
+    text: str = ""
+    images: int = 0
+
+
+@dataclass
 class Response:
-    """One sampled response to ``prompt_index`` (an index into the step's prompt list)."""
+    """One sampled response to ``prompt_index`` (an index into the step's prompt list).
+
+    A single-turn response is the model's tokens only. A multi-turn one (``rlvr.agent.rollout``)
+    is the whole trajectory after the prompt: the model's turns and, between them, the
+    observations appended after its tool calls, with their images; ``loss_mask`` is 1 on the
+    model's tokens and 0 on the observations' (whose ``logprobs`` are 0), ``turns`` lists the
+    segments. Nothing in ``token_ids`` was ever decoded and tokenised again.
+    """
 
     prompt_index: int
     token_ids: torch.Tensor  # [R], up to and including the stop token
     logprobs: torch.Tensor  # [R], log-probs of the distribution sampled from (``rlvr.rollout.sampling``)
     finished: bool  # ended with a stop token (False: cut at max_new_tokens)
+    loss_mask: torch.Tensor | None = None  # [R] 1.0 on sampled tokens, 0.0 on appended ones; None: all sampled
+    mm_token_type_ids: torch.Tensor | None = None  # [R] 1 on the observations' image tokens; None: all text
+    pixel_values: torch.Tensor | None = None  # the observations' images, processed as the prompt's
+    image_grid_thw: torch.Tensor | None = None  # [N_obs_images, 3]
+    images: list | None = None  # the observations' images (PIL), in order
+    turns: list[Turn] | None = None  # None: one model turn
+    end_reason: str | None = None  # why a multi-turn rollout ended ("answer", "length", "max_turns", ...)
 
     @property
     def finish_reason(self) -> str:
         """"stop" (ended with a stop token) or "length" (cut at max_new_tokens)."""
         return "stop" if self.finished else "length"
+
+    @property
+    def trained_tokens(self) -> int:
+        """How many tokens the loss counts: the model's own."""
+        return len(self.token_ids) if self.loss_mask is None else int(self.loss_mask.sum().item())
+
+    @property
+    def tool_calls(self) -> int:
+        return 0 if self.turns is None else sum(t.kind == "observation" for t in self.turns)
+
+    def answer_ids(self) -> torch.Tensor:
+        """The tokens of the model's last turn: what the reward reads."""
+        if not self.turns:
+            return self.token_ids
+        last = [t for t in self.turns if t.kind == "model"][-1]
+        return self.token_ids[last.start:last.end]
+
+    def model_ids(self) -> torch.Tensor:
+        """The model's own tokens of every turn, in order (the observations left out)."""
+        if self.loss_mask is None:
+            return self.token_ids
+        return self.token_ids[self.loss_mask.bool()]
 
 
 def encode_prompt(example: Example, processor, cfg: DataConfig) -> PromptInputs:
@@ -81,23 +138,33 @@ def continue_prompt(prompt: PromptInputs, response_ids: torch.Tensor, appended: 
     )
 
 
-def _cat_vision(prompts: list[PromptInputs]) -> dict[str, torch.Tensor | None]:
-    pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
-    grids = [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
+def _cat_vision(prompts: list[PromptInputs], responses: list | None = None) -> dict[str, torch.Tensor | None]:
+    """The batch's images in sequence order: row by row, the prompt's, then the response's (observations)."""
+    responses = responses or [None] * len(prompts)
+    pixels, grids = [], []
+    for p, r in zip(prompts, responses):
+        for item in (p, r):
+            if item is not None and getattr(item, "image_grid_thw", None) is not None:
+                pixels.append(item.pixel_values)
+                grids.append(item.image_grid_thw)
     return {
         "pixel_values": torch.cat(pixels) if pixels else None,
         "image_grid_thw": torch.cat(grids) if grids else None,
     }
 
 
-def _image_source(prompts: list[PromptInputs]) -> torch.Tensor | None:
-    """[N_images]: for each image of the batch, the index of its first copy (rows of one prompt share images)."""
+def _image_source(prompts: list[PromptInputs], responses: list | None = None) -> torch.Tensor | None:
+    """[N_images]: for each image of the batch, the index of its first copy (rows of one prompt share
+    the prompt's images; a response's own images are its own)."""
+    responses = responses or [None] * len(prompts)
     first_image: dict[int, int] = {}  # id(prompt) -> index of its first image in the batch
     source: list[int] = []
-    for p in prompts:
+    for p, r in zip(prompts, responses):
         n = 0 if p.image_grid_thw is None else len(p.image_grid_thw)
         start = first_image.setdefault(id(p), len(source))
         source.extend(range(start, start + n))
+        own = 0 if r is None or r.image_grid_thw is None else len(r.image_grid_thw)
+        source.extend(range(len(source), len(source) + own))
     return torch.tensor(source, dtype=torch.long) if source else None
 
 
@@ -121,15 +188,20 @@ def collate_prompts(prompts: list[PromptInputs], pad_id: int) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types, **_cat_vision(prompts)}
 
 
-def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor | None]:
+def collate_sequences(prompts: list[PromptInputs], responses: list, pad_id: int) -> dict[str, torch.Tensor | None]:
     """Training batch: ``[prompt | response | right padding]`` per row.
 
-    Adds ``response_ids`` [B, R] and ``response_mask`` [B, R] (right-padded),
-    ``logit_positions`` [B, R]: the sequence index whose output predicts response token t,
-    i.e. ``prompt_len - 1 + t``, ``image_source`` [N_images] and ``prompt_group`` [B]
-    (``_image_source``, ``_prompt_group``: rows holding the same ``PromptInputs`` object
-    share its prompt and images, which ``rlvr.logprobs`` computes once).
+    ``responses``: ``Response`` records (or bare token-id tensors). Adds ``response_ids``
+    [B, R] and ``response_mask`` [B, R] (right-padded; a multi-turn response's ``loss_mask``,
+    so observation tokens are 0), ``logit_positions`` [B, R]: the sequence index whose output
+    predicts response token t, i.e. ``prompt_len - 1 + t``, ``image_source`` [N_images] and
+    ``prompt_group`` [B] (``_image_source``, ``_prompt_group``: rows holding the same
+    ``PromptInputs`` object share its prompt and images, which ``rlvr.logprobs`` computes
+    once), and ``response_images`` (a 0-dim tensor, 1 when some response holds images: the
+    observations of tool calls, which the shared-prompt forward does not handle).
     """
+    records = [r if isinstance(r, Response) else None for r in responses]
+    responses = [r.token_ids if isinstance(r, Response) else r for r in responses]
     b = len(prompts)
     width = max(len(p.input_ids) + len(r) for p, r in zip(prompts, responses))
     r_width = max(max(len(r) for r in responses), 1)
@@ -147,10 +219,17 @@ def collate_sequences(prompts: list[PromptInputs], responses: list[torch.Tensor]
         mm_types[i, :n] = p.mm_token_type_ids
         response_ids[i, :m] = r
         response_mask[i, :m] = 1.0
+        record = records[i]
+        if record is not None and record.loss_mask is not None:
+            response_mask[i, :m] = record.loss_mask
+        if record is not None and record.mm_token_type_ids is not None:
+            mm_types[i, n:n + m] = record.mm_token_type_ids
         # Padded response slots point at the last real position; they are masked anyway.
         logit_positions[i] = (n - 1 + torch.arange(r_width)).clamp(max=n + m - 1)
+    own_images = any(r is not None and r.image_grid_thw is not None for r in records)
     return {
         "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
-        **_cat_vision(prompts), "image_source": _image_source(prompts), "prompt_group": _prompt_group(prompts),
-        "response_ids": response_ids, "response_mask": response_mask, "logit_positions": logit_positions,
+        **_cat_vision(prompts, records), "image_source": _image_source(prompts, records),
+        "prompt_group": _prompt_group(prompts), "response_ids": response_ids, "response_mask": response_mask,
+        "logit_positions": logit_positions, "response_images": torch.tensor(int(own_images)),
     }

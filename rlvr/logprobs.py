@@ -231,7 +231,9 @@ def _can_share_prompts(decoder, batch: dict) -> bool:
         return False  # transformers drops the KV cache inside checkpointed layers
     # Every rank must take the same path, and a rank whose prompts have no image must not
     # skip the vision tower while another runs it (see rlvr.multimodal.sync_vision_tower_calls).
-    return all_ranks_agree(batch.get("pixel_values") is not None, batch["input_ids"].device)
+    # Responses holding images (tool observations) need the vision tower in the response part: plain forward.
+    own_images = batch.get("response_images") is not None and bool(batch["response_images"])
+    return all_ranks_agree(batch.get("pixel_values") is not None and not own_images, batch["input_ids"].device)
 
 
 def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:

@@ -78,7 +78,7 @@ class PolicyUpdate:
         self.correction = resolve_mode(cfg.algorithm.rollout_correction.mode, cfg.rollout.engine)
 
     def _batch(self, prompts: list[PromptInputs], responses: list[Response], idx: list[int]) -> dict:
-        batch = collate_sequences([prompts[i] for i in idx], [responses[i].token_ids for i in idx], self.pad_id)
+        batch = collate_sequences([prompts[i] for i in idx], [responses[i] for i in idx], self.pad_id)
         device = self.accelerator.device
         return {k: v.to(device) for k, v in batch.items() if v is not None}
 
@@ -201,7 +201,7 @@ class PolicyUpdate:
         """One optimizer step: the loss of ``minibatch`` accumulated over its micro-batches ``micro``."""
         acc = self.accelerator
         seqs = self._global(len(minibatch))
-        tokens = self._global(sum(len(samples.responses[i].token_ids) for i in minibatch))
+        tokens = self._global(sum(samples.responses[i].trained_tokens for i in minibatch))
         _count_micro_batches(acc, len(micro))
         for idx in micro:
             with acc.accumulate(self.model):
