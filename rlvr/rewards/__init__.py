@@ -11,6 +11,7 @@ from rlvr.rewards.compose import RewardComposer, RewardFunctionError, load_rewar
 from rlvr.rewards.extract import EXTRACTION_POLICIES, extract_answer
 from rlvr.rewards.gold import Gold, GoldParseError, parse_gold
 from rlvr.rewards.numeric import default_verifier, numeric_reward, outcome_metrics, verifier_from_config, verify_batch
+from rlvr.rewards.tools import tool_call_cost, tool_format
 from rlvr.rewards.verifier import OUTCOMES, Verifier, VerifyResult
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "numeric_reward",
     "outcome_metrics",
     "parse_gold",
+    "tool_call_cost",
+    "tool_format",
     "verifier_from_config",
     "verify_batch",
 ]
