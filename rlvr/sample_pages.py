@@ -7,7 +7,8 @@ A page needs nothing but itself: images are embedded (downscaled to at most
 ``THUMB_PIXELS`` on the long side), there is no script and no external resource, so it
 opens in any browser, also from a copied folder. Long completions are folded with
 ``<details>``, never cut: the whole text is in the page. Everything from the data and
-the model is HTML-escaped.
+the model is HTML-escaped. A tool-using rollout (``SampleRow.turns``) is shown turn by turn:
+the model's text, then each tool's observation with its status and images, in order.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ _PAGE_RE = re.compile(r"^step_(\d+)\.html$")
 
 
 @dataclass
+class TurnView:
+    """One turn of a tool-using rollout as shown to a person (``rlvr.batch.Turn`` decoded)."""
+
+    kind: str  # "model" (the model's text) | "observation" (a tool's response)
+    text: str | None  # the model's decoded text or the observation's; None: not decoded (no tokenizer)
+    tokens: int = 0
+    tool: str | None = None  # observation: the tool called (None: the call could not be parsed)
+    status: str | None = None  # observation: "ok", "error", "timeout", "invalid"
+    images: list[Any] = field(default_factory=list)  # observation: its images (PIL); None marks a missing one
+
+
+@dataclass
 class SampleRow:
     """One rollout as shown to a person."""
 
@@ -48,6 +61,10 @@ class SampleRow:
     finished: bool | None = None  # False: cut at rollout.max_new_tokens
     note: str = ""  # e.g. "5/16 correct in its group"
     extra: dict[str, Any] = field(default_factory=dict)
+    turns: list[TurnView] | None = None  # a tool-using rollout's turns; None: one model turn (``completion``)
+    tool_calls: int | None = None
+    end_reason: str | None = None  # why a tool-using rollout ended ("answer", "max_calls", ...)
+    model_tokens: int | None = None  # of response_tokens, those the model wrote (the rest are observations)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -93,6 +110,13 @@ details > summary .more::before { content: "\\25B8  "; }
 details[open] > summary .preview { display: none; }
 details[open] > summary .more::before { content: "\\25BE  "; }
 .fade { color: var(--muted); }
+.badge.warn { background: #fff8c5; border-color: #d4a72c; color: #7d4e00; font-weight: 600; }
+.badge.invalid { background: #fbefff; border-color: #c297ff; color: #6639ba; font-weight: 600; }
+.turn { margin: 0 0 10px; padding-left: 10px; border-left: 3px solid var(--line); }
+.turn.observation { border-left-color: #54aeff; } .turn.status-error { border-left-color: var(--bad); }
+.turn.status-timeout { border-left-color: #d4a72c; } .turn.status-invalid { border-left-color: #c297ff; }
+.turn h3 { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 0 0 4px; font-size: 12px; color: var(--muted); }
+.turn .images { flex-direction: row; flex-wrap: wrap; margin-top: 6px; } .turn figure { width: min(224px, 100%); }
 table.index { border-collapse: collapse; }
 table.index td, table.index th { padding: 4px 14px 4px 0; text-align: left; border-bottom: 1px solid var(--line); }
 @media (max-width: 700px) { article { flex-direction: column; } .images { flex-basis: auto; max-width: 320px; } }
@@ -118,11 +142,13 @@ def _image_data_uri(ref: Any) -> tuple[str, str]:
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}", f"{width}\u00d7{height} px"
 
 
-def _images_html(row: SampleRow) -> str:
-    if not row.images:
-        return '<div class="images"><div class="missing" style="border-color:#d0d7de;color:#57606a">text only</div></div>'
+def _figures(refs: Sequence[Any], whose: str) -> list[str]:
+    """One ``<figure>`` per image (an embedded copy, its original size), or a note where one cannot be shown."""
     parts = []
-    for k, ref in enumerate(row.images, 1):
+    for k, ref in enumerate(refs, 1):
+        if ref is None:
+            parts.append(f'<div class="missing">image {k} of {len(refs)} is missing from the response</div>')
+            continue
         name = ref if isinstance(ref, str) else f"<{type(ref).__name__}>"
         try:
             uri, caption = _image_data_uri(ref)
@@ -130,11 +156,17 @@ def _images_html(row: SampleRow) -> str:
             parts.append(f'<div class="missing">image {k} could not be read: {html.escape(str(name))} '
                          f'({html.escape(type(e).__name__)})</div>')
             continue
-        alt = f"image {k} of {len(row.images)} for {row.id}"
-        label = f"{caption}" + (f" \u00b7 {k}/{len(row.images)}" if len(row.images) > 1 else "")
+        alt = f"image {k} of {len(refs)} {whose}"
+        label = f"{caption}" + (f" \u00b7 {k}/{len(refs)}" if len(refs) > 1 else "")
         parts.append(f'<figure><img src="{uri}" alt="{html.escape(alt)}" title="{html.escape(str(name))}">'
                      f'<figcaption>{html.escape(label)}</figcaption></figure>')
-    return '<div class="images">' + "".join(parts) + "</div>"
+    return parts
+
+
+def _images_html(row: SampleRow) -> str:
+    if not row.images:
+        return '<div class="images"><div class="missing" style="border-color:#d0d7de;color:#57606a">text only</div></div>'
+    return '<div class="images">' + "".join(_figures(row.images, f"for {row.id}")) + "</div>"
 
 
 def _completion_html(text: str) -> str:
@@ -150,6 +182,49 @@ def _completion_html(text: str) -> str:
             f'{lines:,} lines)</span></summary><pre class="completion">{html.escape(text)}</pre></details>')
 
 
+_STATUS_BADGE = {"ok": "ok", "error": "bad", "timeout": "warn", "invalid": "invalid"}  # colour of each status
+
+
+def _turn_html(turn: TurnView, number: int, row_id: str) -> str:
+    """A model turn (its text, folded like a completion) or an observation (tool, status, text, images)."""
+    if turn.kind == "model":
+        body = (_completion_html(turn.text) if turn.text is not None else
+                f'<pre class="completion empty">({turn.tokens} tokens, not decoded: no tokenizer was given)</pre>')
+        return f'<div class="turn model"><h3>model turn {number} \u00b7 {turn.tokens} tokens</h3>{body}</div>'
+    status = turn.status or "unknown"
+    tool = f"tool {html.escape(turn.tool)}" if turn.tool else "no tool (the call could not be read)"
+    n = len(turn.images)
+    head = (f'<h3>observation {number} \u00b7 <span class="badge">{tool}</span><span class="badge '
+            f'{_STATUS_BADGE.get(status, "")} status">{html.escape(status)}</span>'
+            f'{n} image{"s" * (n != 1)} \u00b7 {turn.tokens} tokens</h3>')
+    text = (f'<pre class="observation">{html.escape(turn.text)}</pre>' if turn.text
+            else '<pre class="observation empty">(no text)</pre>')
+    images = ('<div class="images">' + "".join(_figures(turn.images, f"of observation {number} for {row_id}")) +
+              "</div>") if turn.images else ""
+    return f'<div class="turn observation status-{html.escape(status)}">{head}{text}{images}</div>'
+
+
+def _conversation_html(row: SampleRow) -> str:
+    numbers = {"model": 0, "observation": 0}
+    parts = []
+    for turn in row.turns or []:
+        numbers[turn.kind] = numbers.get(turn.kind, 0) + 1
+        parts.append(_turn_html(turn, numbers[turn.kind], str(row.id)))
+    return f'<h2>Conversation</h2><div class="turns">{"".join(parts)}</div>'
+
+
+def _tool_badges(row: SampleRow) -> list[str]:
+    badges = []
+    if row.tool_calls is not None:
+        failed = sum(t.kind == "observation" and t.status != "ok" for t in row.turns or [])
+        badges.append(f'<span class="badge{" warn" if failed else ""}">{row.tool_calls} tool call'
+                      f'{"s" * (row.tool_calls != 1)}' + (f" \u00b7 {failed} failed" if failed else "") + "</span>")
+    if row.end_reason is not None:
+        badges.append(f'<span class="badge{"" if row.end_reason == "answer" else " warn"}">ended: '
+                      f'{html.escape(row.end_reason)}</span>')
+    return badges
+
+
 def _row_html(row: SampleRow) -> str:
     rewarded = row.reward > 0
     badge = "ok" if rewarded else "bad"
@@ -160,18 +235,21 @@ def _row_html(row: SampleRow) -> str:
         badges.append(f'<span class="badge">source {html.escape(row.source)}</span>')
     if row.response_tokens is not None:
         cut = " \u00b7 cut at the token limit" if row.finished is False else ""
-        badges.append(f'<span class="badge">{row.response_tokens} tokens{cut}</span>')
+        own = f" ({row.model_tokens} by the model)" if row.model_tokens is not None else ""
+        badges.append(f'<span class="badge">{row.response_tokens} tokens{own}{cut}</span>')
+    badges += _tool_badges(row)
     if row.note:
         badges.append(f'<span class="badge">{html.escape(row.note)}</span>')
     extracted = ('<span class="empty">(no final answer found)</span>' if row.extracted is None
                  else html.escape(row.extracted))
+    text = _conversation_html(row) if row.turns is not None else f"<h2>Completion</h2>{_completion_html(row.completion)}"
     return (
         f'<article class="sample {"rewarded" if rewarded else "unrewarded"}">{_images_html(row)}<div class="body">'
         f'<div class="badges">{"".join(badges)}</div>'
         f'<h2>Question</h2><p class="question">{html.escape(row.question)}</p>'
         f'<dl><dt>Gold answer</dt><dd class="gold">{html.escape(row.gold)}</dd>'
         f'<dt>Extracted answer</dt><dd class="extracted">{extracted}</dd></dl>'
-        f'<h2>Completion</h2>{_completion_html(row.completion)}</div></article>'
+        f'{text}</div></article>'
     )
 
 

@@ -1,6 +1,10 @@
 """What the model writes: which rollouts to show each step, on a page (``rlvr.sample_pages``) and in wandb.
 
-    SampleLogger(cfg, wandb_run).log(step, examples, responses, texts, rewards)   # in the trainer
+    SampleLogger(cfg, wandb_run).log(step, examples, responses, texts, rewards, tokenizer=tokenizer)   # in the trainer
+
+A tool-using response (``Response.turns``) is shown turn by turn (``conversation``): the
+model's turns decoded from its own token ids, each observation with its tool, status, text
+and images.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from rlvr.sample_pages import SampleRow, write_sample_page
+from rlvr.sample_pages import SampleRow, TurnView, write_sample_page
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +65,40 @@ def _spread(pool: list[int], group_size: int, n: int, used: set[int]) -> list[in
     return chosen
 
 
+def conversation(response, tokenizer=None) -> tuple[list[TurnView], str]:
+    """The turns of a tool-using ``rlvr.batch.Response`` as shown on a page, and a note ("" when all is well).
+
+    Model turns are ``tokenizer.decode(token_ids[start:end])`` (special tokens skipped, as the
+    trainer decodes completions; ``tokenizer=None``: left undecoded). Each observation takes the
+    next ``turn.images`` of ``response.images``, in order; a missing image is None.
+    """
+    images = list(response.images or [])
+    turns, used = [], 0
+    for turn in response.turns:
+        ids = response.token_ids[turn.start:turn.end]
+        if turn.kind == "model":
+            text = None if tokenizer is None else tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+            turns.append(TurnView("model", text, tokens=len(ids)))
+            continue
+        own = images[used:used + turn.images]
+        turns.append(TurnView(turn.kind, turn.text, tokens=len(ids), tool=turn.tool, status=turn.status,
+                              images=own + [None] * (turn.images - len(own))))
+        used += turn.images
+    note = f"{len(images) - used} observation images belong to no turn" if len(images) > used else ""
+    return turns, note
+
+
 def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Sequence[str], rewards: Sequence[float],
-                 group_size: int, n: int, verifier=None) -> list[SampleRow]:
+                 group_size: int, n: int, verifier=None, tokenizer=None) -> list[SampleRow]:
     """``SampleRow``s for ``n`` rollouts of one step.
 
     ``examples[i]`` is the ``rlvr.data.Example`` response i answers (one per response,
     prompt-major as ``rlvr.rollout.generate`` returns them), ``responses`` the
     ``rlvr.batch.Response``s (or None), ``texts`` the decoded completions, ``rewards`` the
     total rewards. The extracted answer and outcome come from ``verifier`` (the run's; None:
-    default settings), run on the chosen few only.
+    default settings), run on the chosen few only. A response with ``turns`` is shown turn by
+    turn, its model turns decoded with ``tokenizer`` (the run's); ``texts[i]`` is then the last
+    model turn's text, the one the reward reads.
     """
     from rlvr.rewards import default_verifier
 
@@ -89,13 +118,18 @@ def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Seque
         group = rewards[g * group_size:(g + 1) * group_size]
         rewarded = sum(1 for r in group if r > 0)
         resp = responses[i] if responses is not None else None
-        rows.append(SampleRow(
+        row = SampleRow(
             id=e.id, question=e.question, images=list(e.images), completion=texts[i], extracted=res.extracted,
             gold=e.answer, reward=float(rewards[i]), outcome=res.outcome, source=e.source,
             response_tokens=len(resp.token_ids) if resp is not None else None,
             finished=resp.finished if resp is not None else None,
             note=f"{rewarded}/{len(group)} rewarded in its group",
-        ))
+        )
+        if resp is not None and resp.turns is not None:
+            row.turns, problem = conversation(resp, tokenizer)
+            row.tool_calls, row.end_reason, row.model_tokens = resp.tool_calls, resp.end_reason, resp.trained_tokens
+            row.note += f"; {problem}" if problem else ""
+        rows.append(row)
     return rows
 
 
@@ -104,6 +138,24 @@ def rollout_rows(examples: Sequence[Any], responses: Sequence[Any], texts: Seque
 
 TABLE_COLUMNS = ["step", "id", "source", "image", "question", "completion", "extracted", "gold", "reward", "outcome",
                  "response_tokens"]
+TOOL_COLUMNS = ["tool_calls", "end_reason", "conversation"]  # added when a row is a tool-using rollout
+
+
+def conversation_text(row: SampleRow) -> str:
+    """A tool-using rollout's turns as plain text (a wandb cell); "" for a single-turn row."""
+    parts = []
+    for t in row.turns or []:
+        if t.kind == "model":
+            parts.append("[model]\n" + (t.text if t.text is not None else f"({t.tokens} tokens, not decoded)"))
+        else:
+            parts.append(f"[{t.tool or 'no tool'}: {t.status}, {len(t.images)} image{'s' * (len(t.images) != 1)}]\n"
+                         f"{t.text}")
+    return "\n\n".join(parts)
+
+
+def table_columns(rows: Sequence[SampleRow]) -> list[str]:
+    """The wandb table's columns: ``TABLE_COLUMNS``, plus ``TOOL_COLUMNS`` when any row used tools."""
+    return TABLE_COLUMNS + (TOOL_COLUMNS if any(r.turns is not None for r in rows) else [])
 
 
 def log_samples_wandb(run, step: int, rows: Sequence[SampleRow], key: str = "samples/rollouts") -> None:
@@ -112,7 +164,8 @@ def log_samples_wandb(run, step: int, rows: Sequence[SampleRow], key: str = "sam
 
     from rlvr.data import open_image
 
-    table = wandb.Table(columns=TABLE_COLUMNS)
+    columns = table_columns(rows)
+    table = wandb.Table(columns=columns)
     for r in rows:
         image = None
         if r.images:
@@ -120,8 +173,11 @@ def log_samples_wandb(run, step: int, rows: Sequence[SampleRow], key: str = "sam
                 image = wandb.Image(open_image(r.images[0]), caption=f"{r.id} (1 of {len(r.images)})")
             except Exception:  # noqa: BLE001 - an unreadable image leaves an empty cell
                 image = None
-        table.add_data(step, r.id, r.source, image, r.question, r.completion, r.extracted, r.gold, r.reward,
-                       r.outcome, r.response_tokens)
+        cells = [step, r.id, r.source, image, r.question, r.completion, r.extracted, r.gold, r.reward, r.outcome,
+                 r.response_tokens]
+        if len(columns) > len(TABLE_COLUMNS):
+            cells += [r.tool_calls, r.end_reason, conversation_text(r)]
+        table.add_data(*cells)
     run.log({key: table}, step=step)
 
 
@@ -151,8 +207,10 @@ class SampleLogger:
         """Whether 1-based ``step`` gets a page: step 1 (the start), every ``every``-th, and the last."""
         return self.enabled and (step == 1 or step % self.every == 0 or step == self.last_step)
 
-    def log(self, step: int, examples, responses, texts, rewards) -> str | None:
-        """Pick and write this step's rollouts if due; returns the page path (or None)."""
+    def log(self, step: int, examples, responses, texts, rewards, tokenizer=None) -> str | None:
+        """Pick and write this step's rollouts if due; returns the page path (or None).
+
+        ``tokenizer`` (the run's) decodes the model turns of tool-using responses."""
         if not self.due(step):
             return None
         try:
@@ -161,7 +219,8 @@ class SampleLogger:
                 from rlvr.rewards import verifier_from_config
 
                 self.verifier = verifier_from_config(self.reward_cfg)
-            rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step, self.verifier)
+            rows = rollout_rows(examples, responses, texts, rewards, self.group_size, self.per_step, self.verifier,
+                                tokenizer)
             path = write_sample_page(self.run_dir, step, rows, batch_rewards=rewards)
             if self.wandb_run is not None:
                 log_samples_wandb(self.wandb_run, step, rows)

@@ -262,3 +262,126 @@ def test_training_run_pages_match_its_metrics(qwen25_dir, tmp_path):
     assert 'href="step_000003.html" rel="next"' in first and 'href="step_000001.html" rel="prev"' in last
     index = open(folder / "index.html", encoding="utf-8").read()
     assert 'href="step_000001.html"' in index and 'href="step_000003.html"' in index
+
+
+# --------------------------------------------------------------------------- tool-using rollouts
+
+TOOL_TURNS = [  # (kind, text, tool, status, images as (size, colour))
+    ("model", 'The digit is tiny. <tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0]}}</tool_call>', None,
+     None, []),
+    ("observation", "Error: zoom_in needs bbox_2d = [x1, y1, x2, y2] <in 0-1000>", "zoom_in", "error", []),
+    ("model", 'Retry. <tool_call>{"name": "zoom_in", "arguments": {"bbox_2d": [0, 0, 500, 500]}}</tool_call>', None,
+     None, []),
+    ("observation", "Zoomed into [0, 0, 500, 500].", "zoom_in", "ok", [((40, 30), (20, 160, 40)),
+                                                                       ((600, 300), (30, 30, 220))]),
+    ("model", "Now I can read it: \\boxed{7}.", None, None, []),
+]
+
+
+def tool_response(tokenizer, turns=TOOL_TURNS):
+    """A hand-built multi-turn Response: model turns are the tokenizer's ids of their text; an
+    observation's ids are arbitrary (the page shows its recorded text), its images PIL images."""
+    from PIL import Image
+
+    from rlvr.batch import Turn
+
+    ids, mask, views, images = [], [], [], []
+    for kind, text, tool, status, imgs in turns:
+        own = tokenizer.encode(text, add_special_tokens=False) if kind == "model" else [5] * (3 + 4 * len(imgs))
+        views.append(Turn(kind, len(ids), len(ids) + len(own), tool=tool, status=status,
+                          text=text if kind == "observation" else "", images=len(imgs)))
+        ids += own
+        mask += [1.0 if kind == "model" else 0.0] * len(own)
+        images += [Image.new("RGB", size, colour) for size, colour in imgs]
+    return Response(0, torch.tensor(ids), torch.zeros(len(ids)), finished=True, loss_mask=torch.tensor(mask),
+                    images=images, turns=views, end_reason="answer")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from rlvr.devtools.make_tiny_model import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _png(uri: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(uri.split(",", 1)[1])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(raw)).convert("RGB")
+
+
+def test_tool_rollout_page_shows_each_turn_with_its_images(tmp_path, tiny_tokenizer):
+    import html as html_lib
+
+    from rlvr.config import Config
+
+    image = save_image(tmp_path / "prompt.png", (80, 80), (200, 30, 30))
+    example = Example(id="t0", question="Which digit?", answer="7", gold=parse_gold("7"), images=[image], source="s")
+    response = tool_response(tiny_tokenizer)
+    last = tiny_tokenizer.decode(response.answer_ids().tolist(), skip_special_tokens=True)
+    assert last == TOOL_TURNS[-1][1]  # what the trainer passes as texts[i]
+    cfg = Config(output_dir=str(tmp_path / "run"))
+    cfg.rollout.group_size = 1
+    path = SampleLogger(cfg).log(1, [example], [response], [last], [1.0], tokenizer=tiny_tokenizer)
+    page = open(path, encoding="utf-8").read()
+    article = re.search(r"<article.*?</article>", page, re.S).group(0)
+
+    # every turn's text, in order: the model's decoded from its token ids, the observations' as recorded
+    positions = [article.find(html_lib.escape(text)) for _, text, *_ in TOOL_TURNS]
+    assert all(p > 0 for p in positions) and positions == sorted(positions), positions
+    # the extracted answer is the verifier's on the last model turn
+    assert '<dd class="extracted">7</dd>' in article and "reward 1.00 \u00b7 correct" in article
+    # badges: calls (one failed), why it ended, the model's share of the tokens (3 + 11 observation tokens)
+    assert "2 tool calls \u00b7 1 failed" in article and "ended: answer" in article
+    model_tokens = int(response.loss_mask.sum())
+    assert f"{model_tokens + 3 + 11} tokens ({model_tokens} by the model)" in article
+    # each observation: its status, colour-coded, and its own images, in order
+    blocks = re.findall(r'<div class="turn observation status-(\w+)">(.*?)</div>(?=<div class="turn |</div>)',
+                        article, re.S)
+    assert [status for status, _ in blocks] == ["error", "ok"]
+    assert '<span class="badge bad status">error</span>' in blocks[0][1]
+    assert '<span class="badge ok status">ok</span>' in blocks[1][1]
+    uris = [re.findall(r'<img src="(data:image/png;base64,[^"]+)"', block) for _, block in blocks]
+    assert [len(u) for u in uris] == [0, 2]
+    shown = [_png(u) for u in uris[1]]
+    assert [im.size for im in shown] == [(40, 30), (448, 224)]  # the second downscaled to THUMB_PIXELS
+    assert [im.getpixel((5, 5)) for im in shown] == [(20, 160, 40), (30, 30, 220)]  # each image in its place
+    assert "600\u00d7300 px" in blocks[1][1]  # with its original size
+    assert len(re.findall(r"<img ", article)) == 3  # and the prompt's image on the left
+
+
+def test_tool_rollout_without_a_tokenizer_or_with_missing_images(tmp_path, tiny_tokenizer):
+    from rlvr.samples import conversation
+
+    response = tool_response(tiny_tokenizer)
+    turns, note = conversation(response)  # no tokenizer: model turns are left undecoded, not guessed
+    assert [t.text for t in turns if t.kind == "model"] == [None, None, None] and note == ""
+    response.images = response.images[:1]  # one of the two images lost
+    turns, note = conversation(response, tiny_tokenizer)
+    assert [t.images[1] for t in turns if t.kind == "observation" and t.status == "ok"] == [None]
+    example = Example(id="t0", question="q?", answer="7", gold=parse_gold("7"), images=[])
+    rows = rollout_rows([example], [response], ["\\boxed{7}"], [1.0], group_size=1, n=1)
+    page = open(write_sample_page(str(tmp_path), 1, rows), encoding="utf-8").read()
+    assert "image 2 of 2 is missing from the response" in page and "not decoded: no tokenizer was given" in page
+    response.images = response.images * 3
+    assert conversation(response)[1] == "1 observation images belong to no turn"
+
+
+def test_wandb_columns_for_tool_rollouts(tmp_path, tiny_tokenizer):
+    from rlvr.samples import TABLE_COLUMNS, conversation_text, table_columns
+
+    example = Example(id="t0", question="q?", answer="7", gold=parse_gold("7"), images=[])
+    single = make_rows(tmp_path)
+    assert table_columns(single) == TABLE_COLUMNS  # as before tools
+    row = rollout_rows([example], [tool_response(tiny_tokenizer)], ["\\boxed{7}"], [1.0], 1, 1,
+                       tokenizer=tiny_tokenizer)[0]
+    assert (row.tool_calls, row.end_reason) == (2, "answer")
+    assert table_columns(single + [row]) == TABLE_COLUMNS + ["tool_calls", "end_reason", "conversation"]
+    text = conversation_text(row)
+    assert text.startswith("[model]\nThe digit is tiny.") and "[zoom_in: error, 0 images]\nError:" in text
+    assert "[zoom_in: ok, 2 images]\nZoomed" in text and text.endswith("\\boxed{7}.")

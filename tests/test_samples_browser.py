@@ -13,6 +13,8 @@ import warnings
 import pytest
 from PIL import Image, ImageStat
 
+from rlvr.data import Example
+from rlvr.rewards import parse_gold
 from rlvr.sample_pages import write_sample_page
 from tests.browser.webdriver import Browser, find_browser
 from tests.test_samples import make_rows
@@ -84,3 +86,34 @@ def test_sample_page_in_headless_chromium(browser, tmp_path):
         shutil.copy(screenshot, os.path.join(keep, "sample_page.png"))
     after = [e for e in browser.console() if e.get("level") in ("SEVERE", "ERROR")]
     assert after == [], after  # nor after the click
+
+
+def test_tool_rollout_page_in_headless_chromium(browser, tmp_path):
+    from rlvr.devtools.make_tiny_model import build_tokenizer
+    from rlvr.samples import rollout_rows
+    from tests.test_samples import TOOL_TURNS, tool_response
+
+    tokenizer = build_tokenizer()
+    example = Example(id="t0", question="Which digit?", answer="7", gold=parse_gold("7"), images=[])
+    rows = rollout_rows([example], [tool_response(tokenizer)], [TOOL_TURNS[-1][1]], [1.0], 1, 1, tokenizer=tokenizer)
+    page = write_sample_page(str(tmp_path / "run"), 1, rows)
+    browser.open(page)
+    state = browser.js("""
+        const turns = Array.from(document.querySelectorAll('.turn'));
+        const colour = s => getComputedStyle(document.querySelector('.badge.status.' + s)).color;
+        return {
+          kinds: turns.map(t => t.className),
+          images: turns.map(t => Array.from(t.querySelectorAll('img')).filter(
+                    i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width >= 30).length),
+          error: colour('bad'), ok: colour('ok'),
+          text: document.body.innerText,
+        };""")
+    errors = [e for e in browser.console() if e.get("level") in ("SEVERE", "ERROR")]
+    assert errors == [], errors
+    assert state["kinds"] == ["turn model", "turn observation status-error", "turn model",
+                              "turn observation status-ok", "turn model"]
+    assert state["images"] == [0, 0, 0, 2, 0]  # the tool's two images decode and are shown, in its turn
+    assert state["error"] == "rgb(198, 40, 40)" and state["ok"] == "rgb(26, 127, 55)"  # red and green
+    for _, text, *_ in TOOL_TURNS:
+        assert text in state["text"]
+    assert "2 tool calls \u00b7 1 failed" in state["text"] and "ended: answer" in state["text"]
