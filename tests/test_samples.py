@@ -385,3 +385,22 @@ def test_wandb_columns_for_tool_rollouts(tmp_path, tiny_tokenizer):
     text = conversation_text(row)
     assert text.startswith("[model]\nThe digit is tiny.") and "[zoom_in: error, 0 images]\nError:" in text
     assert "[zoom_in: ok, 2 images]\nZoomed" in text and text.endswith("\\boxed{7}.")
+
+
+def test_wandb_offline_table_with_tool_rows(tmp_path, monkeypatch, tiny_tokenizer):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    example = Example(id="t0", question="q?", answer="7", gold=parse_gold("7"), images=[])
+    tool_row = rollout_rows([example], [tool_response(tiny_tokenizer)], ["\\boxed{7}"], [1.0], 1, 1,
+                            tokenizer=tiny_tokenizer)[0]
+    run = wandb.init(project="rlvr-test", dir=str(tmp_path), mode="offline")
+    log_samples_wandb(run, 3, make_rows(tmp_path)[:1] + [tool_row])  # a single-turn row first: None cells
+    run_dir = run.dir
+    run.finish()
+    wandb.teardown()
+    table = json.load(open(glob.glob(os.path.join(run_dir, "media", "table", "samples", "rollouts_*.table.json"))[0]))
+    assert table["columns"][-3:] == ["tool_calls", "end_reason", "conversation"]
+    assert [row[-3:-1] for row in table["data"]] == [[None, None], [2, "answer"]]
+    assert "[zoom_in: ok, 2 images]" in table["data"][1][-1]
