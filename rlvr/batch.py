@@ -89,7 +89,10 @@ class Response:
         return 0 if self.turns is None else sum(t.kind == "observation" for t in self.turns)
 
     def answer_ids(self) -> torch.Tensor:
-        """The tokens of the model's last turn: what the reward reads."""
+        """The tokens of the model's last turn: what the reward reads; no tokens when a budget ended the
+        trajectory at a call (its last turn is a call, not an answer)."""
+        if self.end_reason not in (None, "answer", "length"):
+            return self.token_ids[:0]
         if not self.turns:
             return self.token_ids
         last = [t for t in self.turns if t.kind == "model"][-1]

@@ -40,7 +40,7 @@ def test_defaults():
     assert cfg.data.prompt_template.endswith("in \\boxed{}.")
     assert cfg.reward.functions == [RewardFunctionConfig("rlvr.rewards:numeric_reward", 1.0)]
     assert cfg.algorithm.loss == "sapo" and cfg.algorithm.aggregation is None
-    assert LOSS_NAMES == ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo")
+    assert LOSS_NAMES == ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo", "sft")
 
 
 def test_defaults_are_not_shared_between_instances():
@@ -57,7 +57,7 @@ def test_all_keys_and_dict():
     assert len(keys) == len(set(keys))
     d = config_to_dict(Config())
     assert list(d) == ["output_dir", "resume", "model", "data", "rollout", "reward", "algorithm", "trainer",
-                       "checkpoint", "eval", "log"]
+                       "checkpoint", "eval", "log", "tools"]
     assert d["reward"]["functions"] == [{"name": "rlvr.rewards:numeric_reward", "weight": 1.0}]
 
 

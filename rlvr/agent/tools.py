@@ -32,19 +32,17 @@ MAX_ASPECT = 100  # Qwen's processors refuse images with an aspect ratio over 20
 
 @dataclass
 class Observation:
-    """What a tool call gives back to the model: ``text`` (always shown) and ``images``.
-
-    ``error`` is set when the call failed (bad arguments, the tool raised, a timeout); the
-    text then tells the model what went wrong.
-    """
+    """What a tool call gives back to the model: ``text`` (always shown) and ``images``. ``error``
+    is set when the call failed (bad arguments, the tool raised, a timeout); the text says what."""
 
     text: str
     images: list = field(default_factory=list)  # PIL images, in the order they are shown
     error: str | None = None
+    status: str = "ok"  # ok | error (bad arguments, tool failed) | timeout | invalid (unparseable call, unknown tool)
 
     @classmethod
-    def failure(cls, message: str) -> Observation:
-        return cls(text=f"Error: {message}", images=[], error=message)
+    def failure(cls, message: str, status: str = "error") -> Observation:
+        return cls(text=f"Error: {message}", images=[], error=message, status=status)
 
 
 @dataclass
@@ -202,13 +200,11 @@ class ToolRegistry:
         observation at once (the thread is abandoned: in-process tools are pure PIL and finish;
         HTTP tools have their own client timeouts below this limit).
         """
-        if isinstance(call, CallError):
-            self._count(INVALID, "error")
-            return Observation.failure(call.reason)
-        tool = self.get(call.name)
+        tool = None if isinstance(call, CallError) else self.get(call.name)
         if tool is None:
             self._count(INVALID, "error")
-            return Observation.failure(f"unknown tool {call.name!r}; available tools: {self.names()}")
+            return Observation.failure(call.reason if isinstance(call, CallError) else
+                                       f"unknown tool {call.name!r}; available tools: {self.names()}", "invalid")
         arguments, problem = validate_arguments(call.arguments, tool.parameters)
         if problem:
             self._count(tool.name, "error")
@@ -226,10 +222,12 @@ class ToolRegistry:
         worker.join(time_limit_s)
         if worker.is_alive() or not result:
             self._count(tool.name, "timeout")
-            return Observation.failure(f"{tool.name} timed out after {time_limit_s:g} s")
+            return Observation.failure(f"{tool.name} timed out after {time_limit_s:g} s", "timeout")
         observation = result[0]
         if not isinstance(observation, Observation):
             observation = Observation.failure(f"{tool.name} returned {type(observation).__name__}, not an Observation")
+        elif observation.error and observation.status == "ok":
+            observation.status = "error"
         self._count(tool.name, "error" if observation.error else None)
         return observation
 
@@ -396,5 +394,5 @@ class Point(ImageTool):
 
 
 def image_tools(max_zoom_side: int = 1024) -> list[Tool]:
-    """The built-in in-process tools: crop, zoom_in, draw_horizontal_line, draw_vertical_line, point."""
+    """The built-in in-process tools (``rlvr.config.tools.BUILTIN_TOOLS``), in that order."""
     return [Crop(), ZoomIn(max_zoom_side), DrawHorizontalLine(), DrawVerticalLine(), Point()]

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from rlvr.config.engines import ENGINES, RolloutCorrectionConfig, VLLMConfig
 from rlvr.config.problems import ConfigError, Problems  # noqa: F401 (re-exported)
 from rlvr.config.sampling import DynamicSamplingConfig
+from rlvr.config.tools import ToolServiceConfig, ToolsConfig  # noqa: F401 (re-exported)
 
 
 # The choices of algorithm.loss and algorithm.aggregation. rlvr.losses registers the losses by
 # these names and rlvr.aggregation takes its modes from here (tests/test_losses.py ties them).
-LOSS_NAMES = ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo")
+LOSS_NAMES = ("sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo", "sft")  # sft: supervised cold start, rlvr.sft
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 # transformers attention kernels; sdpa works everywhere, flash_attention_* on CUDA with their package
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -149,9 +150,8 @@ class RolloutConfig:
     def problems(self) -> Problems:
         p = Problems()
         p.one_of("rollout.engine", self.engine, ENGINES)
-        p.require(self.group_size >= 2, f"rollout.group_size={self.group_size}: group-normalised advantages compare "
-                  "each response with the others for the same prompt, so a group needs at least 2. Set "
-                  "rollout.group_size=2 or more (8 is typical).")
+        # >= 2 for RL, 1 for SFT: rlvr.config.checks.group_problems, which knows algorithm.loss
+        p.require(self.group_size >= 1, f"rollout.group_size={self.group_size} must be >= 1 (8 is typical).")
         p.require(self.temperature > 0, f"rollout.temperature={self.temperature} must be > 0: the policy loss needs "
                                         "sampled responses whose log-probs match the policy; use 1.0.")
         p.require(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]; 1.0 turns nucleus sampling off.")
@@ -363,6 +363,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)  # tools the policy may call (multi-turn rollouts)
 
     def problems(self) -> Problems:
         """Every section's own problems, in section order (cross-section rules: ``rlvr.config.checks``)."""
@@ -370,6 +371,6 @@ class Config:
         p.require(self.resume is None or bool(self.resume.strip()), "resume is empty: use resume=auto, a checkpoint "
                                                                     "folder, or leave it unset for a fresh run.")
         for section in (self.model, self.data, self.rollout, self.reward, self.algorithm, self.trainer,
-                        self.checkpoint, self.eval, self.log):
+                        self.checkpoint, self.eval, self.log, self.tools):
             p += section.problems()
         return p

@@ -41,6 +41,17 @@ SPECIAL_TOKENS = [
 THINK_TOKENS = ["<think>", "</think>"]
 
 
+# Qwen2.5's and Qwen3's tokenizers carry the tool-call markers as added (not special) tokens, so
+# ``</tool_call>`` is one token the rollout stops at and decoding keeps them. ``--tool-tokens`` adds
+# them, and tool-call text to the BPE corpus so a call is a short token sequence.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+_TOOL_CORPUS = [
+    '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox_2d": [100, 250, 300, 500], "factor": 4}}\n</tool_call>',
+    '<tool_response>\nZoomed into the region. Cropped region, pixels\n</tool_response>',
+    "top-left top-right bottom-left bottom-right square colour digit",
+]
+
+
 def special_tokens(family: str) -> list[str]:
     return SPECIAL_TOKENS + (THINK_TOKENS if family in ("qwen3_vl", "qwen3_5") else [])
 
@@ -96,7 +107,7 @@ def vllm_text_sizes(family: str) -> dict:
     return dict(TEXT_SIZES, hidden_size=hidden, intermediate_size=4 * hidden)
 
 
-def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl"):
+def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl", tool_tokens: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -111,14 +122,17 @@ def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl"):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(
+    tok.train_from_iterator((_CORPUS + (_TOOL_CORPUS if tool_tokens else [])) * 4, trainer)
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=chat_template(family),
         model_max_length=32768,
     )
+    if tool_tokens:
+        fast.add_tokens(TOOL_TOKENS)
+    return fast
 
 
 def build_processor(family: str, tokenizer):
@@ -229,8 +243,10 @@ def build_config(family: str, tokenizer, text: dict | None = None, vision: dict 
     raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
 
 
-def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = None, vision: dict | None = None) -> str:
-    """Write a tiny random model of ``family`` with its processor to ``out``; returns ``out``."""
+def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                    tool_tokens: bool = False) -> str:
+    """Write a tiny random model of ``family`` with its processor to ``out``; returns ``out``.
+    ``tool_tokens``: the tokenizer has Qwen's tool-call markers as single tokens (``TOOL_TOKENS``)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -238,7 +254,7 @@ def make_tiny_model(family: str, out: str, seed: int = 0, text: dict | None = No
 
     if family not in FAMILY_NAMES:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
-    tokenizer = build_tokenizer(family=family)
+    tokenizer = build_tokenizer(family=family, tool_tokens=tool_tokens)
     processor = build_processor(family, tokenizer)
     config = build_config(family, tokenizer, text, vision)
     torch.manual_seed(seed)
@@ -267,10 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=TEXT_SIZES["hidden_size"])
     parser.add_argument("--layers", type=int, default=TEXT_SIZES["num_hidden_layers"])
     parser.add_argument("--vision-depth", type=int, default=VISION_SIZES["depth"])
+    parser.add_argument("--tool-tokens", action="store_true",
+                        help="tool-call markers as single tokens, as in Qwen2.5's tokenizer (the tools demo)")
     args = parser.parse_args(argv)
     text = {"hidden_size": args.hidden_size, "num_hidden_layers": args.layers,
             "intermediate_size": 4 * args.hidden_size}
-    make_tiny_model(args.family, args.out, args.seed, text=text, vision={"depth": args.vision_depth})
+    make_tiny_model(args.family, args.out, args.seed, text=text, vision={"depth": args.vision_depth},
+                    tool_tokens=args.tool_tokens)
     print(f"wrote a tiny {args.family} model to {args.out}")
 
 
