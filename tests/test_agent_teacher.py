@@ -223,3 +223,28 @@ def test_the_engine_teacher_runs_the_tiny_model_and_counts_every_row(data, tmp_p
                    "--model", qwen25_dir, "--limit", "3", "--max-tokens", "4", *OVERRIDES,
                    "data.max_pixels=12544", "rollout.micro_batch_size=4"])
     assert report.kept + sum(report.dropped.values()) == 3 and report.requests >= 3
+
+
+def test_the_teachers_context_is_the_rl_context_in_the_chat_template(data, verifier, qwen25_dir):
+    """The conversation the teacher is sent, rendered by the model's chat template, is the text an RL
+    rollout builds: the prompt, the call, ``observation_text`` (and so the SFT layout)."""
+    from rlvr.agent.calls import generation_prefix, observation_text
+    from rlvr.agent.tools import Observation
+    from rlvr.data import prompt_text
+    from rlvr.models import load_processor
+    from rlvr.synth.chat import normalise, with_images
+
+    processor = load_processor(qwen25_dir)
+    teacher, trajectories = teacher_for(data, ScriptedClient(zoom_then(lambda r: "3")), verifier)
+    t = trajectories[0]
+    teacher.max_turns = 2
+    requests = []
+    teacher.client = ScriptedClient(lambda r: requests.append(r) or zoom_then(lambda r: "3")(r))
+    teacher.run([t])
+    messages, _ = normalise(requests[-1])
+    sent = processor.apply_chat_template(with_images(messages, lambda k: {"type": "image"}),
+                                         add_generation_prompt=True, tokenize=False)
+    observation = Observation(text=t.messages[1]["content"][0]["text"], images=[t.messages[1]["content"][1]["image"]])
+    rl = (prompt_text(t.example, processor, teacher.data_cfg) + t.messages[0]["content"]
+          + observation_text(observation, generation_prefix(processor)))
+    assert sent == rl
