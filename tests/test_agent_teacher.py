@@ -7,9 +7,9 @@ import os
 
 import pytest
 from PIL import Image
-from test_synth_client import (
-    FakeServer,  # the chat completions server on 127.0.0.1 of the client's tests
-)
+
+# the chat completions server on 127.0.0.1 of the client tests
+from test_synth_client import FakeServer
 
 from rlvr.agent.calls import RESPONSE_CLOSE, RESPONSE_OPEN
 from rlvr.agent.teacher import (

@@ -9,7 +9,13 @@ from PIL import Image
 
 from rlvr.agent.tools import ZoomIn, box_pixels
 from rlvr.devtools.make_demo_data import COLOURS
-from rlvr.devtools.make_tools_demo_data import JITTER, QUADRANTS, main, square_pixels, target_box
+from rlvr.devtools.make_tools_demo_data import (
+    JITTER,
+    QUADRANTS,
+    main,
+    square_pixels,
+    target_box,
+)
 
 MAX_PIXELS = 112 * 112  # the tools recipe's data.max_pixels
 

@@ -50,14 +50,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from rlvr.agent.calls import (
-    CALL_CLOSE,
-    RESPONSE_CLOSE,
-    RESPONSE_OPEN,
-    parse_tool_call,
-    tools_system_prompt,
-)
-from rlvr.agent.tools import Observation, ToolRegistry, image_tools
+from rlvr.agent.calls import CALL_CLOSE, RESPONSE_CLOSE, RESPONSE_OPEN, parse_tool_call
+from rlvr.agent.tools import Observation, ToolRegistry
 from rlvr.synth.chat import ChatRequest, VLMClient
 
 log = logging.getLogger(__name__)
@@ -311,23 +305,16 @@ def load_tasks(path: str, data_cfg) -> tuple[list[tuple[dict, object]], collecti
 
 
 def build_setup(cfg) -> tuple[ToolRegistry, object]:
-    """The run's tools and the data config whose system prompt lists them (the RL prompt).
-    No tools in the config: every in-process image tool."""
-    if cfg.tools.enabled:
-        try:
-            from rlvr.agent.rollout import build_registry, tools_data_config
-        except ImportError:  # the rollout module is not in this checkout: in-process tools only
-            build_registry = tools_data_config = None
-        if build_registry is not None:
-            return build_registry(cfg.tools), tools_data_config(cfg)
-        if cfg.tools.services:
-            raise SystemExit("teacher: tools.services need rlvr.agent.rollout.build_registry, not importable here")
-        by_name = {t.name: t for t in image_tools(cfg.tools.max_zoom_side)}
-        registry = ToolRegistry([by_name[n] for n in cfg.tools.names])
-    else:
-        registry = ToolRegistry(image_tools(cfg.tools.max_zoom_side))
-    system = cfg.tools.system_prompt if cfg.tools.system_prompt is not None else cfg.data.system_prompt
-    return registry, dataclasses.replace(cfg.data, system_prompt=tools_system_prompt(registry.schemas(), system))
+    """The run's tools (``rlvr.agent.rollout.build_registry``) and the data config whose system
+    prompt lists them (``with_tools_prompt``): the RL prompt. No tools in the config: every
+    in-process image tool."""
+    from rlvr.agent.rollout import build_registry, with_tools_prompt
+    from rlvr.config.tools import BUILTIN_TOOLS
+
+    if not cfg.tools.enabled:
+        log.info("teacher: the config names no tools (tools.names); offering all of %s", list(BUILTIN_TOOLS))
+        cfg = dataclasses.replace(cfg, tools=dataclasses.replace(cfg.tools, names=list(BUILTIN_TOOLS)))
+    return build_registry(cfg.tools), with_tools_prompt(cfg).data
 
 
 def make_teacher_client(args, tasks, teacher_for_keys: Teacher, cfg) -> VLMClient:
@@ -388,7 +375,10 @@ def main(argv: list[str] | None = None) -> TeacherReport:
         raise SystemExit(f"teacher: {e}") from None
     if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
         raise SystemExit("teacher: --batch-size must be >= 1 and --limit >= 0")
-    registry, data_cfg = build_setup(cfg)
+    try:
+        registry, data_cfg = build_setup(cfg)
+    except (ValueError, OSError) as e:  # e.g. a tool service that cannot be reached or configured
+        raise SystemExit(f"teacher: {e}") from None
     tasks, skipped = load_tasks(args.data, data_cfg)
     tasks = tasks[:args.limit] if args.limit is not None else tasks
     report = TeacherReport(rows=len(tasks) + sum(skipped.values()), skipped_rows=skipped)
