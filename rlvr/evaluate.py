@@ -106,7 +106,7 @@ class Evaluator:
         # Per-prompt sampling streams: the same samples whatever the chunking or the number of ranks.
         seeds = None if greedy else [rollout.mix_seed(self.settings.seed, i) for i in indices]
         responses = engine.generate(prompts, seeds, settings=cfg, greedy=greedy)
-        texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
+        texts = self.processor.tokenizer.batch_decode([r.answer_ids() for r in responses], skip_special_tokens=True)
         return responses, texts
 
     def _engine(self, model, synced_gpus: bool | None):
@@ -122,8 +122,10 @@ class Evaluator:
         def as_given():
             yield policy, synced_gpus
 
-        return HFEngine(self.rollout, stop_token_ids(self.processor, policy), self.processor.tokenizer.pad_token_id,
-                        as_given)
+        from rlvr.agent.rollout import with_tools
+
+        return with_tools(HFEngine(self.rollout, stop_token_ids(self.processor, policy),
+                                   self.processor.tokenizer.pad_token_id, as_given), self.cfg, self.processor)
 
     def _evaluate_local(self, engine) -> list[tuple[int, dict, list[dict], dict | None]]:
         """(example index, record fields, sampled prediction rows, greedy row) for this rank's prompts."""
@@ -193,6 +195,10 @@ class Evaluator:
         self.greedy_predictions = [g for _, (_, _, g) in local if g is not None]
         metrics = summarize(records)
         metrics["eval/samples_per_prompt"] = float(self.settings.k)
+        calls = [row["tool_calls"] for row in self.predictions if "tool_calls" in row]
+        if calls:  # multi-turn with tools: how often the policy calls one
+            metrics["eval/tool_calls_per_sample"] = sum(calls) / len(calls)
+            metrics["eval/called_frac"] = sum(c > 0 for c in calls) / len(calls)
         metrics["time/eval_s"] = time.perf_counter() - start
         if self.out_dir and (acc is None or acc.is_main_process):
             name = f"step_{step:06d}" if step is not None else "predictions"
@@ -219,6 +225,7 @@ def _prediction(example, sample, response, text: str, result) -> dict:
         "images": [ref for ref in example.images if isinstance(ref, str)],
         "completion": text, "answer": example.answer, "extracted": result.extracted, "reward": result.reward,
         "outcome": result.outcome, "response_tokens": len(response.token_ids), "finished": response.finished,
+        **({"tool_calls": response.tool_calls, "end_reason": response.end_reason} if response.turns else {}),
     }
 
 
@@ -311,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = resolve_model(args.model)
         config_path = args.config or source.run_config
-        cfg = load_config(config_path, args.overrides)
+        from rlvr.agent.rollout import with_tools_prompt
+
+        cfg = with_tools_prompt(load_config(config_path, args.overrides))  # with tools: they are in the prompt
         from rlvr.rollout.vllm_env import prepare_for_run
 
         prepare_for_run(cfg)  # vLLM's environment before the processor loads
@@ -361,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlvr.models import stop_token_ids
         from rlvr.rollout import make_engine
 
-        engine = make_engine(cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id)
+        from rlvr.agent.rollout import with_tools
+
+        engine = with_tools(make_engine(cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id),
+                            cfg, processor)
         engine.sync_weights(model)  # the weights as loaded (a run's final or adapter weights), not the base's
     metrics = evaluator.run(engine)
     os.makedirs(out_dir, exist_ok=True)

@@ -22,13 +22,13 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import time
 
 import torch
 
 from rlvr.advantages import group_advantages
+from rlvr.agent.rollout import tool_columns, tool_metrics, with_tools, with_tools_prompt
 from rlvr.checkpoint import (ResumeError, ResumePlan, install_hooks, load_checkpoint, plan_resume, resumed_config_name,
                              save_checkpoint, truncate_run_logs)
 from rlvr.config import Config, save_config
@@ -43,62 +43,13 @@ from rlvr.plot import plot_run
 from rlvr.batch import encode_prompt
 from rlvr.rollout import make_engine
 from rlvr.samples import SampleLogger
+from rlvr.schedule import LRSchedule
 from rlvr.tracking import Tracker
 from rlvr.trained_models import save_trained
 from rlvr.logprobs import PolicyLogprobs
 from rlvr.update import PolicyUpdate
 
 logger = logging.getLogger(__name__)
-
-
-class LRSchedule:
-    """The learning-rate multiplier at optimizer step k (0-based): linear warmup over
-    ``trainer.warmup_steps``, then constant or a cosine from 1 down to ``trainer.min_lr_ratio``
-    at the last step. ``LambdaLR`` calls it.
-
-    Continuity on resume: a resumed run whose length changed (``trainer.max_steps`` raised or
-    lowered) keeps the learning rate it had and anneals the rest of the way over the new
-    remaining steps. The cosine is a function of progress p in [0, 1]; at the resume step s0
-    the old schedule had reached p0, and from there p goes linearly from p0 to 1 over steps
-    s0 .. new total: lr(s0) is unchanged, the shape stays a cosine's tail, and the run still
-    ends at the floor. So a finished run extended further trains its extra steps at the floor
-    (p0 = 1): the learning rate never jumps back up. Resuming with the same length changes
-    nothing. The anchor (s0, p0) is saved in every checkpoint, so a second extension composes.
-    """
-
-    def __init__(self, schedule: str, warmup: int, min_ratio: float, total: int):
-        self.schedule, self.warmup, self.min_ratio, self.total = schedule, warmup, min_ratio, total
-        self.anchor: tuple[int, float] | None = None  # (optimizer step, cosine progress there)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "LRSchedule":
-        t = cfg.trainer
-        return cls(t.lr_schedule, t.warmup_steps, t.min_lr_ratio, t.max_steps * t.num_minibatches)
-
-    def progress(self, step: int) -> float:
-        if self.anchor is not None and step >= self.anchor[0]:
-            s0, p0 = self.anchor
-            return min(1.0, p0 + (1 - p0) * (step - s0) / max(1, self.total - s0))
-        return min(1.0, max(0.0, (step - self.warmup) / max(1, self.total - self.warmup)))
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        if self.schedule == "constant":
-            return 1.0
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
-
-    def state_dict(self) -> dict:
-        return {"total": self.total, "anchor": list(self.anchor) if self.anchor else None}
-
-    def resume(self, saved: dict, step: int) -> None:
-        """Continue the schedule ``saved`` (a ``state_dict``) from optimizer step ``step``."""
-        old = LRSchedule(self.schedule, self.warmup, self.min_ratio, int(saved["total"]))
-        old.anchor = tuple(saved["anchor"]) if saved.get("anchor") else None
-        if old.total == self.total or step <= self.warmup:
-            self.anchor = old.anchor  # same length, or still warming up: the schedules agree from here
-        else:
-            self.anchor = (step, old.progress(step))
 
 
 def reward_columns(examples) -> dict[str, list]:
@@ -164,6 +115,8 @@ class Trainer:
             if plan.checkpoint is not None:
                 logger.info("resume=%s %s", cfg.resume, plan.describe())
         logger.info(describe_ranks(acc))
+        if cfg.tools.enabled:  # every prompt lists the tools in its system turn (config.yaml keeps the recipe's)
+            self.cfg = cfg = with_tools_prompt(cfg)
 
         self.processor = load_processor(m.name_or_path, cfg.data.min_pixels, cfg.data.max_pixels)
         self.examples, self.skips = load_examples(cfg.data.train_files, cfg.data, self.processor)
@@ -204,7 +157,9 @@ class Trainer:
         # The rollout engine (rollout.engine). One that holds its own copy of the weights (vLLM)
         # is sent the policy's before the first rollout (a resumed run's are not the model
         # folder's) and after every update; the HF engine samples from the policy itself.
-        self.engine = make_engine(cfg, self.stop_ids, self.pad_id, policy=self._generation_policy, accelerator=acc)
+        # With tools (tools.*), the engine behind the multi-turn loop (rlvr.agent.rollout).
+        self.engine = with_tools(make_engine(cfg, self.stop_ids, self.pad_id, policy=self._generation_policy,
+                                             accelerator=acc), cfg, self.processor, acc)
         self._engine_stale = True
 
         self.start_step, self.wandb_id = 0, None
@@ -297,12 +252,14 @@ class Trainer:
         t0, examples = time.perf_counter(), [self.examples[i] for i in rows]
         prompts = [encode_prompt(e, self.processor, cfg.data) for e in examples]
         responses = self.engine.generate(prompts, seeds)
-        texts = self.processor.tokenizer.batch_decode([r.token_ids for r in responses], skip_special_tokens=True)
+        # The reward reads the model's last turn (all of a single-turn response).
+        texts = self.processor.tokenizer.batch_decode([r.answer_ids() for r in responses], skip_special_tokens=True)
         t1 = time.perf_counter()
         per_response = [examples[r.prompt_index] for r in responses]
-        rewards, reward_metrics = self.reward_fn(texts, [e.answer for e in per_response], **reward_columns(per_response))
+        columns = reward_columns(per_response) | (tool_columns(responses) if cfg.tools.enabled else {})
+        rewards, reward_metrics = self.reward_fn(texts, [e.answer for e in per_response], **columns)
         if round_ == 0:  # the step's own draw: reward metrics and sample pages as without dynamic sampling
-            self.samples.log(step + 1, per_response, responses, texts, rewards)
+            self.samples.log(step + 1, per_response, responses, texts, rewards, tokenizer=self.processor.tokenizer)
             self._reward_metrics = reward_metrics
         self._clock["rollout"] += t1 - t0
         self._clock["reward"] += time.perf_counter() - t1
@@ -327,6 +284,8 @@ class Trainer:
 
         lengths = torch.tensor([len(r.token_ids) for r in responses], dtype=torch.float32)
         metrics.update(self._reward_metrics)
+        if cfg.tools.enabled:
+            metrics.update(tool_metrics(responses, self.engine.registry.names()))
         metrics.update({
             "advantage/abs_mean": advantages.abs().mean().item(), "zero_std_groups": zero_std.item(),
             "response_length/mean": lengths.mean().item(), "response_length/max": lengths.max().item(),
