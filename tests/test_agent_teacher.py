@@ -112,6 +112,11 @@ def test_a_wrong_answer_no_answer_endless_calls_and_lost_samples_are_dropped_and
         teacher, trajectories = teacher_for(data, ScriptedClient(responder), verifier, max_turns=3)
         ends = {t.end for t in teacher.run(trajectories[:5])}
         assert ends == {reason}, (reason, ends)
+    # budgets of the run's tools config: a second call, or an observation image past the limit
+    for limits, reason in [({"max_calls": 1}, "max_calls"), ({"max_images": 0}, "max_images")]:
+        endless = zoom_then(lambda r: call([224, 224, 276, 276]))
+        teacher, trajectories = teacher_for(data, ScriptedClient(endless), verifier, max_turns=4, **limits)
+        assert {(t.end, t.calls) for t in teacher.run(trajectories[:3])} == {(reason, 1)}
 
 
 def test_a_bad_call_gives_an_error_observation_the_teacher_reads(data, verifier):

@@ -29,7 +29,9 @@ file) plus ``messages``: the turns after the prompt, ``assistant`` (a call turn 
 ``</tool_call>``), ``tool`` (``[{"type": "text", ...}, {"type": "image", "image": "rel.png"}]``,
 the observation's images saved as PNG under ``<out stem>_images/``), ..., the final
 ``assistant`` answer. Dropped: no_answer, wrong_answer, tool_error (a call failed, unless
-``--keep-tool-errors``), max_turns (still calling at the last turn), lost_sample (the client
+``--keep-tool-errors``), max_turns (still calling at the last turn), max_calls / max_images (a
+call or observation past ``tools.max_calls`` / ``tools.max_images``: an RL rollout would have
+ended there, and the SFT loader refuses it), lost_sample (the client
 produced nothing), verify_error (the verifier timed out or failed). A report (counts, calls per
 trajectory, time) is printed and written to ``<out stem>.report.json``.
 """
@@ -56,7 +58,8 @@ from rlvr.synth.chat import ChatRequest, VLMClient
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("no_answer", "wrong_answer", "tool_error", "max_turns", "lost_sample", "verify_error")
+DROP_REASONS = ("no_answer", "wrong_answer", "tool_error", "max_turns", "max_calls", "max_images", "lost_sample",
+                "verify_error")
 
 
 @dataclass
@@ -127,12 +130,13 @@ class Teacher:
     """Runs trajectories turn by turn, one ``client.complete`` call per turn for the whole batch."""
 
     def __init__(self, client: VLMClient, registry: ToolRegistry, data_cfg, verifier, *, max_turns: int = 4,
-                 max_tokens: int = 512, temperature: float = 0.0, seed: int = 0, call_timeout_s: float = 10.0,
-                 keep_tool_errors: bool = False):
+                 max_calls: int | None = None, max_images: int | None = None, max_tokens: int = 512,
+                 temperature: float = 0.0, seed: int = 0, call_timeout_s: float = 10.0, keep_tool_errors: bool = False):
         if max_turns < 1:
             raise ValueError(f"max_turns={max_turns} must be >= 1 (the answer is a turn)")
         self.client, self.registry, self.data_cfg, self.verifier = client, registry, data_cfg, verifier
         self.max_turns, self.max_tokens, self.temperature, self.seed = max_turns, max_tokens, temperature, seed
+        self.max_calls, self.max_images = max_calls, max_images  # None: no limit
         self.call_timeout_s, self.keep_tool_errors = call_timeout_s, keep_tool_errors
         self.requests = 0
 
@@ -183,8 +187,14 @@ class Teacher:
         if turn == self.max_turns:  # no turn left to read the observation in
             t.end = "max_turns"
             return
+        if self.max_calls is not None and t.calls >= self.max_calls:
+            t.end = "max_calls"
+            return
         observation = self.registry.run(call, t.images, time_limit_s=self.call_timeout_s)
         t.calls += 1
+        if self.max_images is not None and len(t.images) - len(t.example.images) + len(observation.images) > self.max_images:
+            t.end = "max_images"
+            return
         t.tool_errors += observation.error is not None
         t.images.extend(observation.images)
         t.messages.append({"role": "tool", "content": [{"type": "text", "text": observation.text},
@@ -389,6 +399,7 @@ def main(argv: list[str] | None = None) -> TeacherReport:
     started = time.perf_counter()
     with verifier_from_config(cfg.reward) as verifier:
         teacher = Teacher(None, registry, data_cfg, verifier, max_turns=args.max_turns or cfg.tools.max_turns,
+                          max_calls=cfg.tools.max_calls, max_images=cfg.tools.max_images,
                           max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                           call_timeout_s=cfg.tools.call_timeout_s, keep_tool_errors=args.keep_tool_errors)
         try:
