@@ -1,7 +1,7 @@
 """Tool-use trajectories from a teacher, kept when the final answer verifies: SFT JSONL for the cold start.
 
     python -m rlvr.agent.teacher --data runs/tools-demo-assets/data/sft_tasks.jsonl \\
-        --out runs/tools-demo-assets/sft/sft.jsonl --teacher scripted --config recipes/demo_tools.yaml
+        --out runs/tools-demo-assets/sft/sft.jsonl --teacher scripted --config recipes/tools/rl.yaml
     python -m rlvr.agent.teacher --data tasks.jsonl --out sft.jsonl --teacher openai \\
         --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-VL-72B-Instruct --config my_recipe.yaml
 
