@@ -22,6 +22,7 @@ r_t = pi_theta / pi_old = exp(logprobs - old_logprobs) the registered terms are
     dr_grpo  as grpo, summed per sequence / constant length       Liu et al. 2025, arXiv 2503.20783
     gspo     as grpo with the sequence ratio exp(mean_t log r)    Zheng et al. 2025, arXiv 2507.18071
     cispo    -sg(min(r, 1 + eps_high)) A log pi_theta             MiniMax 2025, arXiv 2506.13585
+    sft      -A log pi_theta: with A = 1, the negative log-likelihood (supervised cold start, rlvr.sft)
 
 Shared contract:
 
@@ -77,6 +78,7 @@ __all__ = [
     "loss_hyperparameters",
     "policy_loss",
     "sapo",
+    "sft",
 ]
 
 # Keyword arguments every loss accepts; they belong to the call site, not to one algorithm.
@@ -328,6 +330,23 @@ def cispo_term(x: LossInputs, *, clip_high: float):
     return per_token, ratio, metrics
 
 
+def sft_term(x: LossInputs):
+    """Supervised fine-tuning: the negative log-likelihood of the masked (assistant) tokens.
+
+    ``loss = aggregate(-A log pi_theta)``; the SFT trainer (``rlvr.sft``) passes A = 1 for every
+    sequence, so the loss is the NLL, by default a token mean over the minibatch (with the
+    trainer's ``global_tokens``: exact under micro-batching and data parallelism). A stays a
+    factor, as in every other term, so a sequence of A = 0 contributes nothing (and a per-sequence
+    A weights a trajectory). ``old_logprobs`` play no part; the ratio reported is exp(logp - old).
+
+    Metrics: ``sft/nll`` (token mean of -log pi_theta over the masked tokens, whatever A) plus the shared ones.
+    """
+    per_token = -x.advantages * x.logprobs  # [B, T]
+    with torch.no_grad():
+        metrics = token_means({"sft/nll": (-x.logprobs, x.valid)})
+    return per_token, torch.exp(x.log_ratio), metrics
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
@@ -339,8 +358,9 @@ dapo = PolicyLoss("dapo", clipped_term, {"clip_low": 0.2, "clip_high": 0.28}, "t
 dr_grpo = PolicyLoss("dr_grpo", clipped_term, {"clip_low": 0.2, "clip_high": 0.2}, "seq-mean-token-sum-norm")
 gspo = PolicyLoss("gspo", gspo_term, {"clip_low": 3e-4, "clip_high": 4e-4}, "seq-mean-token-mean")
 cispo = PolicyLoss("cispo", cispo_term, {"clip_high": 5.0}, "token-mean")
+sft = PolicyLoss("sft", sft_term, {}, "token-mean")
 
-POLICY_LOSSES: dict[str, PolicyLoss] = {loss.name: loss for loss in (sapo, grpo, dapo, dr_grpo, gspo, cispo)}
+POLICY_LOSSES: dict[str, PolicyLoss] = {loss.name: loss for loss in (sapo, grpo, dapo, dr_grpo, gspo, cispo, sft)}
 
 
 def _lookup(name: str) -> PolicyLoss:

@@ -21,6 +21,7 @@ from rlvr.losses import (
     gspo,
     loss_hyperparameters,
     sapo,
+    sft,
 )
 
 F64 = torch.float64
@@ -141,7 +142,7 @@ def example(adv_per_token: bool = False):
 
 
 def test_registry_and_signatures():
-    assert set(POLICY_LOSSES) == {"sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo"}
+    assert set(POLICY_LOSSES) == {"sapo", "grpo", "dapo", "dr_grpo", "gspo", "cispo", "sft"}
     for name, loss in POLICY_LOSSES.items():
         params = inspect.signature(loss.__call__).parameters
         assert list(params)[:4] == ["logprobs", "old_logprobs", "advantages", "mask"]
@@ -165,6 +166,7 @@ def test_registry_and_signatures():
         "dr_grpo": "seq-mean-token-sum-norm",
         "gspo": "seq-mean-token-mean",
         "cispo": "token-mean",
+        "sft": "token-mean",
     }
     with pytest.raises(ValueError, match="registered losses"):
         loss_hyperparameters("ppo")
@@ -486,6 +488,26 @@ def test_padding_garbage_and_metrics_are_detached(name):
         assert not value.requires_grad, key
         assert torch.isfinite(value), key
     assert {"ratio/mean", "ratio/max"} <= metrics.keys()
+
+
+def test_sft_is_the_token_mean_nll_by_hand():
+    # The shared example's valid log-probs -1, -2, -0.5 | -1.5, -0.25 (pad 0.0 ignored), A = 1:
+    #   NLL = (1 + 2 + 0.5 + 1.5 + 0.25) / 5 = 5.25 / 5 = 1.05; d loss / d logp = -1/5 = -0.2, pad 0.
+    logp, old, _, mask = example()
+    loss, metrics = sft(logp, old, t([1.0, 1.0]), mask)
+    loss.backward()
+    close(loss, 1.05)
+    close(metrics["sft/nll"], 1.05)
+    assert metrics["sft/nll#tokens"].item() == 5
+    torch.testing.assert_close(logp.grad, t([[-0.2, -0.2, -0.2], [-0.2, -0.2, 0.0]]), atol=1e-12, rtol=0)
+    # old log-probs play no part: the same loss against any old
+    close(sft(logp.detach(), old + 3.0, t([1.0, 1.0]), mask)[0], 1.05)
+    # one micro-batch of a 10-token minibatch: 5.25 / 10 = 0.525 (its share of the minibatch mean)
+    close(sft(logp.detach(), old, t([1.0, 1.0]), mask, global_tokens=10.0)[0], 0.525)
+    # A weights a sequence: A = (1, 0) leaves row 0 only, 3.5 / 5 = 0.7; the metric is the NLL still
+    loss0, metrics0 = sft(logp.detach(), old, t([1.0, 0.0]), mask)
+    close(loss0, 0.7)
+    close(metrics0["sft/nll"], 1.05)
 
 
 def test_sapo_gate_metrics_leave_out_zero_advantage_tokens():

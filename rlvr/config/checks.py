@@ -56,13 +56,36 @@ def batch_problems(cfg: Config) -> list[str]:
     return []
 
 
+def group_problems(cfg: Config) -> list[str]:
+    """``rollout.group_size`` for ``algorithm.loss``: RL compares responses to one prompt (2 or more);
+    SFT (``rlvr.sft``) trains on one given trajectory per row (1), and has no rewards to filter by."""
+    g, ds = cfg.rollout.group_size, cfg.trainer.dynamic_sampling
+    if g < 1:
+        return []  # reported by the section's own check
+    if cfg.algorithm.loss != "sft":
+        return [] if g >= 2 else [
+            f"rollout.group_size={g}: group-normalised advantages compare each response with the others for the "
+            "same prompt, so a group needs at least 2. Set rollout.group_size=2 or more (8 is typical); only "
+            "algorithm.loss=sft (the supervised cold start) takes 1."]
+    problems = []
+    if g != 1:
+        problems.append(f"algorithm.loss=sft trains on one given trajectory per row, so rollout.group_size={g} must "
+                        "be 1 (trainer.prompts_per_step rows make a step; eval.k still sets how many answers "
+                        "evaluation samples).")
+    if ds.filter_groups or ds.retire_after_solved:
+        problems.append("algorithm.loss=sft samples nothing and has no rewards: set trainer.dynamic_sampling."
+                        "filter_groups=false and trainer.dynamic_sampling.retire_after_solved=0.")
+    return problems
+
+
 def check_config(cfg: Config, num_processes: int = 1) -> None:
     """Every rule, run before any model loads; raises one ConfigError listing every problem.
 
     The sections' own rules (``Config.problems``), then the rules across sections: the batch
-    split, and, once the global batch is sound, its split over ``num_processes`` ranks.
+    split, the group size for the loss (``group_problems``), and, once the global batch is sound, its split
+    over ``num_processes`` ranks.
     """
-    problems = cfg.problems() + batch_problems(cfg)
+    problems = cfg.problems() + batch_problems(cfg) + group_problems(cfg)
     if not problems:
         problems += process_problems(cfg, num_processes)
     if problems:
