@@ -18,6 +18,11 @@ The model accelerate prepares is ``PolicyLogprobs``: the policy behind a forward
 returns response log-probs. Every training forward goes through accelerate's wrapper
 (DDP's gradient synchronisation, DeepSpeed's engine) rather than around it.
 
+Supervised fine-tuning (``algorithm.loss=sft``, ``rlvr.sft``): the samples are given
+trajectories, not sampled ones, so their log-probs are taken at temperature 1 (the data's
+likelihood, not the sampler's), and there is no sampler to correct for: no rollout correction,
+no ``rollout/logprob_diff_*`` metrics.
+
 Micro-batches: ``trainer.micro_batch_size`` sequences each, or, with
 ``trainer.micro_batch_tokens``, as many as fit a budget of text plus vision tokens
 (``rlvr.packing``). Their number may then differ between minibatches and ranks; ranks agree
@@ -75,7 +80,9 @@ class PolicyUpdate:
         self.optimizer, self.scheduler, self.pad_id, self.ref_model = optimizer, scheduler, pad_id, ref_model
         self.loss_fn = POLICY_LOSSES[cfg.algorithm.loss]
         self.loss_kwargs = loss_kwargs(cfg)
-        self.correction = resolve_mode(cfg.algorithm.rollout_correction.mode, cfg.rollout.engine)
+        self.sft = cfg.algorithm.loss == "sft"  # given trajectories (module docstring)
+        self.temperature = 1.0 if self.sft else cfg.rollout.temperature
+        self.correction = "off" if self.sft else resolve_mode(cfg.algorithm.rollout_correction.mode, cfg.rollout.engine)
 
     def _batch(self, prompts: list[PromptInputs], responses: list[Response], idx: list[int]) -> dict:
         batch = collate_sequences([prompts[i] for i in idx], [responses[i] for i in idx], self.pad_id)
@@ -83,7 +90,7 @@ class PolicyUpdate:
         return {k: v.to(device) for k, v in batch.items() if v is not None}
 
     def _logprobs(self, model, batch: dict, with_entropy: bool = False):
-        kwargs = dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.trainer.logprob_chunk_size,
+        kwargs = dict(temperature=self.temperature, chunk_size=self.cfg.trainer.logprob_chunk_size,
                       with_entropy=with_entropy, share_prompts=self.cfg.trainer.shared_prompt_forward)
         if model is self.model:
             return model(batch, **kwargs)
@@ -188,7 +195,8 @@ class PolicyUpdate:
         all_micro = [m for micro in micro_per_mb for m in micro]
 
         self.model.train()
-        old = self._precompute(self.model, prompts, responses, all_micro) if cfg.num_minibatches > 1 else None
+        several = cfg.num_minibatches > 1 and not self.sft  # SFT reads no old log-probs
+        old = self._precompute(self.model, prompts, responses, all_micro) if several else None
         ref = self._reference(prompts, responses, all_micro)
         stats = StepMetrics(self.accelerator.device)
         for mb, micro in zip(minibatches, micro_per_mb):
@@ -219,20 +227,26 @@ class PolicyUpdate:
         width, device = mask.shape[1], mask.device
         old = logprobs.detach() if samples.old is None else _pad([samples.old[i] for i in idx], width).to(device)
         ref = None if samples.ref is None else _pad([samples.ref[i] for i in idx], width).to(device)
-        # How far the sampler's recorded log-probs are from the old policy's (rlvr.rollout.sampling).
-        recorded = _pad([samples.responses[i].logprobs for i in idx], width).to(device)  # [b, R]
-        diff = (old.float() - recorded).abs() * mask  # [b, R]
-        stats.add_token_sum("rollout/logprob_diff_mean", diff.sum(), mask.sum())
-        stats.add_token_sum("rollout/logprob_diff_frac_1e-3", ((diff > 1e-3) & mask.bool()).sum(), mask.sum())
-        stats.add_max("rollout/logprob_diff_max", diff.max())
+        weights = None if self.sft else self._sampler_gap(old.float(), [samples.responses[i] for i in idx], mask, stats)
         loss, metrics = self.loss_fn(
             logprobs.float(), old.float(), samples.advantages[idx].to(device), mask,
             ref_logprobs=ref, entropy=entropy, global_seqs=seqs, global_tokens=tokens,
-            is_weights=self._importance_weights(old.float(), recorded, mask, stats), **self.loss_kwargs,
+            is_weights=weights, **self.loss_kwargs,
         )
         stats.add("loss", loss * share)  # micro losses sum to the minibatch loss
         stats.add_loss_metrics(metrics, PARTIAL_SUM_METRICS, share)
         return loss
+
+    def _sampler_gap(self, old: torch.Tensor, responses: list[Response], mask: torch.Tensor,
+                     stats: StepMetrics) -> torch.Tensor | None:
+        """How far the sampler's recorded log-probs are from the old policy's (``rlvr.rollout.sampling``),
+        added to ``stats``; the rollout correction's weights (None when off)."""
+        recorded = _pad([r.logprobs for r in responses], mask.shape[1]).to(mask.device)  # [b, R]
+        diff = (old - recorded).abs() * mask  # [b, R]
+        stats.add_token_sum("rollout/logprob_diff_mean", diff.sum(), mask.sum())
+        stats.add_token_sum("rollout/logprob_diff_frac_1e-3", ((diff > 1e-3) & mask.bool()).sum(), mask.sum())
+        stats.add_max("rollout/logprob_diff_max", diff.max())
+        return self._importance_weights(old, recorded, mask, stats)
 
     def _importance_weights(self, old: torch.Tensor, recorded: torch.Tensor, mask: torch.Tensor,
                             stats: StepMetrics) -> torch.Tensor | None:
