@@ -253,7 +253,7 @@ def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
     from transformers import DynamicCache
 
     ids, types = batch["input_ids"], batch["mm_token_type_ids"]  # [B, L]
-    response, response_mask = batch["response_ids"], batch["response_mask"]  # [B, R]
+    response = batch["response_ids"]  # [B, R]
     group = batch["prompt_group"]  # [B]
     lengths = (batch["logit_positions"][:, 0] + 1).tolist()  # prompt tokens per row
     b, r = response.shape
@@ -267,7 +267,10 @@ def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
         full_types[row, width - n:width] = types[row, :n]
         full_mask[row, width - n:width] = 1
     full_ids[:, width:] = response
-    full_mask[:, width:] = response_mask.to(full_mask.dtype)
+    # Attention covers every real response token, trained or not (a multi-turn response's
+    # observations have loss mask 0 but the model read them): the rows' own lengths.
+    for row, (n, real) in enumerate(zip(lengths, batch["attention_mask"].sum(-1).tolist())):
+        full_mask[row, width:width + int(real) - n] = 1
     positions, _ = mrope_positions(decoder, full_ids, full_types, full_mask, batch.get("image_grid_thw"))
     groups = group.tolist()
     first = torch.tensor([groups.index(g) for g in range(max(groups) + 1)], device=ids.device)  # each group's first row

@@ -146,6 +146,14 @@ def test_tool_errors_become_observations_and_budgets_end_trajectories(tiny, monk
     assert r.end_reason == "max_calls" and r.answer_ids().numel() == 0 and not r.finished
     assert [t.kind for t in r.turns] == ["model", "observation", "model", "observation", "model"]
     assert tool_columns(out) == {"tool_calls": [2, 2], "tool_errors": [2, 2], "end_reason": ["max_calls"] * 2}
+    # text-only observations: the shared-prompt forward runs, and attends to them although they are not trained on
+    batch = collate_sequences([prompt, prompt], out, processor.tokenizer.pad_token_id)
+    assert int(batch["response_images"]) == 0
+    for share in (True, False):
+        logprobs, _ = response_logprobs(model, batch, temperature=0.8, share_prompts=share)
+        for row, r in enumerate(out):
+            m = r.loss_mask.bool()
+            assert (logprobs[row, :len(r.token_ids)][m] - r.logprobs[m]).abs().max() < 1e-4, share
     m = tool_metrics(out, ["zoom_in"])
     assert m["tools/calls_per_sample"] == 2 and m["tools/error_frac"] == 0.5 and m["tools/invalid_frac"] == 0.5
     assert m["tools/end/max_calls"] == 1 and m["tools/answered_after_call"] == 0 and m["tools/turns_mean"] == 3
