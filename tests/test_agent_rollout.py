@@ -233,3 +233,22 @@ def test_seeds_make_trajectories_reproducible_in_any_batch(tiny):
     alone = rollout.generate(prompts[1:2], [8])
     assert [r.token_ids.tolist() for r in both[2:4]] == [r.token_ids.tolist() for r in alone]
     assert all(r.turns and r.end_reason in ("answer", "length") for r in both)
+
+
+def test_a_dead_or_wrong_service_stops_the_run_before_it_starts(monkeypatch):
+    import socket
+
+    from rlvr.agent.rollout import check_tool_services
+    from rlvr.config import ConfigError
+    from rlvr.config.tools import ToolServiceConfig
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tools = ToolsConfig(services=[ToolServiceConfig(name="detect", url=f"http://127.0.0.1:{port}")])
+    with pytest.raises(ConfigError, match=f"detect: cannot reach http://127.0.0.1:{port}/health"):
+        check_tool_services(tools)
+    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
+    tools.services[0].token_env = "NO_SUCH_TOKEN"
+    with pytest.raises(ConfigError, match="token_env NO_SUCH_TOKEN is not set"):
+        build_registry(tools)

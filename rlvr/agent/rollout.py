@@ -47,16 +47,40 @@ END_REASONS = ("answer", "length", "max_turns", "max_calls", "max_tokens", "max_
 STATUSES = ("ok", "error", "timeout", "invalid")
 
 
+def service_configs(tools) -> list:
+    """``tools.services`` as the clients' ``ServiceConfig``s."""
+    from rlvr.agent.services import ServiceConfig
+
+    return [ServiceConfig(s.name, s.url, s.timeout_s, s.retries, s.backoff_s, s.token_env) for s in tools.services]
+
+
 def build_registry(tools) -> ToolRegistry:
     """The registry of ``tools`` (``cfg.tools``): the named in-process tools, then the services."""
-    from rlvr.agent.services import RemoteTool, ServiceConfig
+    from rlvr.agent.services import RemoteTool
 
     builtin = {tool.name: tool for tool in image_tools(tools.max_zoom_side)}
     registry = ToolRegistry([builtin[name] for name in tools.names])
-    for s in tools.services:
-        registry.register(RemoteTool.from_config(ServiceConfig(s.name, s.url, s.timeout_s, s.retries,
-                                                               token_env=s.token_env)))
+    for service in service_configs(tools):
+        try:
+            registry.register(RemoteTool.from_config(service))
+        except ValueError as e:  # e.g. its token_env is not set
+            from rlvr.config import ConfigError
+
+            raise ConfigError(f"tools.services: {e}") from None
     return registry
+
+
+def check_tool_services(tools) -> None:
+    """Raise ``ConfigError`` naming each service in ``tools.services`` that does not answer ``/health``
+    or serves another tool: a run against a dead service would only train on error observations."""
+    from rlvr.agent.services import check_services
+    from rlvr.config import ConfigError
+
+    report = check_services(service_configs(tools)) if tools.services else {}
+    bad = [f"{name}: {entry['error']}" for name, entry in report.items() if not entry["ok"]]
+    if bad:
+        raise ConfigError("tools.services not usable (start them with python -m rlvr.agent.services --tool NAME "
+                          "--model ... --port ..., or fix the url):\n  " + "\n  ".join(bad))
 
 
 def with_tools_prompt(cfg):
@@ -78,6 +102,7 @@ def with_tools(engine: RolloutEngine, cfg, processor, accelerator=None) -> Rollo
     """``engine`` behind the multi-turn tool loop when ``cfg.tools`` names tools, else ``engine`` itself."""
     if not cfg.tools.enabled:
         return engine
+    check_tool_services(cfg.tools)
     device = accelerator.device if accelerator is not None else None
     return ToolRollout(engine, build_registry(cfg.tools), processor, cfg.tools, device=device)
 

@@ -15,6 +15,7 @@ class ToolServiceConfig:
     url: str  # the service's address, e.g. http://127.0.0.1:8101
     timeout_s: float = 8.0  # the whole call, retries included; keep it under tools.call_timeout_s
     retries: int = 2  # further attempts after a connection error or a 5xx
+    backoff_s: float = 0.5  # wait before retry k (from 0): backoff_s * 2**k, within timeout_s
     token_env: str | None = None  # environment variable holding the service's bearer token, if it wants one
 
 
