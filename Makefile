@@ -1,5 +1,6 @@
 # make demo      - create .venv, install, train the demo recipe (tiny Qwen2.5-VL, SAPO, CPU)
 # make synth-demo - HopChain synthesis on rendered scenes -> JSONL + page + report, validated, trained 2 steps
+# make demo-tools - the tools demo: teacher trajectories, SFT cold start, RL with zoom_in; a held-out table
 # make test      - create .venv, install, run the whole test suite (and test-min)
 # make test-min  - the model, rollout and log-prob tests at the lowest supported transformers
 # make test-vllm - the vLLM engine's tests, in their own venv (.venv-vllm, requirements/lock-vllm.txt)
@@ -22,8 +23,10 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(VLL
 DEMO_ASSETS := runs/demo-assets
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 SYNTH_DEMO := runs/synth-demo
+TOOLS_ASSETS := runs/tools-demo-assets
+TOOLS_RUN := runs/tools-demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo demo-assets synth-demo test test-min test-vllm test-fast system-deps relock clean
+.PHONY: install demo demo-assets synth-demo demo-tools tools-assets test test-min test-vllm test-fast system-deps relock clean
 
 install: $(STAMP)
 
@@ -84,6 +87,24 @@ synth-demo: demo-assets
 	@echo "page:   $(SYNTH_DEMO)/out/page.html"
 	@echo "report: $(SYNTH_DEMO)/out/report.txt (and report.json)"
 	@echo "data:   $(SYNTH_DEMO)/out/train.jsonl, train_last_hop.jsonl, train_second_half.jsonl"
+
+# The tools demo (recipes/tools/*.yaml): a digit readable only through zoom_in. The scripted
+# teacher's verified trajectories -> SFT cold start -> RL with the tool; RL without tools from the
+# same start for comparison; every stage evaluated on the same held-out prompts, then the table.
+tools-assets: $(STAMP)
+	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --tool-tokens --out $(TOOLS_ASSETS)/model
+	$(BIN)/python -m rlvr.devtools.make_tools_demo_data --out $(TOOLS_ASSETS)/data
+	$(BIN)/python -m rlvr.agent.teacher --teacher scripted --config recipes/tools/sft.yaml \
+		--data $(TOOLS_ASSETS)/data/sft_tasks.jsonl --out $(TOOLS_ASSETS)/sft/sft.jsonl
+
+demo-tools: tools-assets
+	$(BIN)/python -m rlvr.evaluate --model $(TOOLS_ASSETS)/model --config recipes/tools/rl.yaml \
+		--data $(TOOLS_ASSETS)/data/val.jsonl --out $(TOOLS_RUN)/base --samples 0
+	$(BIN)/python launch/train.py --config recipes/tools/sft.yaml output_dir=$(TOOLS_RUN)/sft
+	$(BIN)/python launch/train.py --config recipes/tools/rl.yaml output_dir=$(TOOLS_RUN)/sft-rl \
+		model.name_or_path=$(TOOLS_RUN)/sft/final
+	$(BIN)/python launch/train.py --config recipes/tools/rl.yaml output_dir=$(TOOLS_RUN)/rl-no-tools tools.names=[]
+	$(BIN)/python -m rlvr.devtools.tools_demo_report $(TOOLS_RUN)
 
 # What the multi-process and SLURM tests need besides Python packages, from Debian when
 # missing (root only; otherwise those tests are skipped or fail with a message saying why):

@@ -188,7 +188,10 @@ class ProgressPostfix:
     def __call__(self, row: dict[str, Any]) -> dict[str, str]:
         if isinstance(row.get("eval/pass@1"), (int, float)):
             self.last_eval = float(row["eval/pass@1"])
-        fields = {"reward": f"{row.get('reward/mean', float('nan')):.3f}"}
+        if "reward/mean" not in row and isinstance(row.get("sft/nll"), (int, float)):  # SFT: no rewards
+            fields = {"nll": f"{row['sft/nll']:.3f}"}
+        else:
+            fields = {"reward": f"{row.get('reward/mean', float('nan')):.3f}"}
         if self.last_eval is not None:
             fields["eval"] = f"{self.last_eval:.3f}"
         fields["s/step"] = f"{row.get('time/step_s', float('nan')):.1f}"
@@ -209,6 +212,9 @@ def run_summary(run_dir: str) -> str:
     if head and tail:
         parts.append(f"Mean reward went from {sum(head) / len(head):.3f} (first {len(head)} steps) "
                      f"to {sum(tail) / len(tail):.3f} (last {len(tail)}).")
+    nll = [r["sft/nll"] for r in rows if isinstance(r.get("sft/nll"), (int, float))]
+    if nll and not head:  # an SFT run
+        parts.append(f"Training NLL went from {nll[0]:.3f} (step 1) to {nll[-1]:.3f} (step {steps}).")
     best = best_eval(rows)
     if best is not None:
         final = next((r for r in reversed(rows) if "eval/pass@1" in r), {})

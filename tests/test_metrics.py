@@ -142,3 +142,11 @@ def test_run_summary_names_best_eval_and_places(tmp_path):
     assert "Best eval pass@1 0.600 at step 5" in text and "(step 10) pass@1 0.500, greedy 0.700" in text
     assert str(tmp_path / "final") in text and str(tmp_path / "plots") in text
     assert "No steps" in run_summary(str(tmp_path / "empty"))
+
+
+def test_an_sft_run_reports_its_nll_not_a_reward(tmp_path):
+    assert ProgressPostfix()({"sft/nll": 1.23456, "time/step_s": 2.0}) == {"nll": "1.235", "s/step": "2.0"}
+    rows = [{"step": 1, "sft/nll": 4.5, "time/step_s": 1.0}, {"step": 2, "sft/nll": 0.25, "time/step_s": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = run_summary(str(tmp_path))
+    assert "Training NLL went from 4.500 (step 1) to 0.250 (step 2)." in text and "reward" not in text

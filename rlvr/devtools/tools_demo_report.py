@@ -1,0 +1,101 @@
+"""The tools demo's table: held-out reward of each stage, like OpenThinkIMG's, and calls over training.
+
+    python -m rlvr.devtools.tools_demo_report RUN_DIR
+
+``RUN_DIR`` is what ``make demo-tools`` fills: ``base/metrics.json`` (``python -m rlvr.evaluate``
+of the untrained model, with the tools), ``rl-no-tools``, ``sft`` and ``sft-rl`` (training runs whose
+last evaluation, on the same held-out prompts with the same seed, is in their ``metrics.jsonl``).
+Prints eval/pass@1 (mean reward of eval.k samples per prompt), greedy reward and tool calls per
+sample for each, then the (c) run's calls per sample and reward over its training steps. Exit
+status 1 when (c) does not beat both (a) and (b) by ``--margin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROWS = (
+    ("base", "base model, tools offered"),
+    ("rl-no-tools", "(a) RL without tools"),
+    ("sft", "(b) SFT cold start only, tools"),
+    ("sft-rl", "(c) SFT, then RL with tools"),
+)
+
+
+def last_eval(run_dir: str) -> dict | None:
+    """The last evaluation of a run: ``metrics.json`` (``rlvr.evaluate``) or the last ``metrics.jsonl``
+    row holding ``eval/pass@1``."""
+    single = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(single):
+        with open(single, encoding="utf-8") as f:
+            return json.load(f)
+    rows = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(rows):
+        return None
+    found = None
+    with open(rows, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if "eval/pass@1" in row:
+                found = row
+    return found
+
+
+def training_curve(run_dir: str, points: int = 8) -> list[tuple[int, float, float]]:
+    """(step, tools/calls_per_sample, reward/mean) at about ``points`` evenly spread steps."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if "tools/calls_per_sample" in r]
+    if not rows:
+        return []
+    picks = sorted({round(i * (len(rows) - 1) / max(points - 1, 1)) for i in range(points)})
+    return [(int(rows[i]["step"]), rows[i]["tools/calls_per_sample"], rows[i].get("reward/mean", float("nan")))
+            for i in picks]
+
+
+def _fmt(value) -> str:
+    return "   -  " if value is None else f"{value:6.3f}"
+
+
+def report(run_dir: str, margin: float) -> int:
+    results = {key: last_eval(os.path.join(run_dir, key)) for key, _ in ROWS}
+    print(f"Held-out prompts (data.val_files), the same for every row; pass@1 = mean reward of eval.k samples.\n")
+    print(f"{'':34s} {'pass@1':>7s} {'greedy':>7s} {'calls/sample':>13s}")
+    for key, label in ROWS:
+        r = results[key]
+        if r is None:
+            print(f"{label:34s}  (no evaluation in {os.path.join(run_dir, key)})")
+            continue
+        calls = r.get("eval/tool_calls_per_sample")
+        print(f"{label:34s} {_fmt(r.get('eval/pass@1'))} {_fmt(r.get('eval/greedy'))} {_fmt(calls):>13s}")
+    curve = training_curve(os.path.join(run_dir, "sft-rl"))
+    if curve:
+        print("\n(c) over RL training: step, tool calls per sample, batch reward")
+        for step, calls, reward in curve:
+            print(f"  step {step:4d}  calls {calls:5.2f}  reward {reward:5.3f}")
+    score = {key: (results[key] or {}).get("eval/pass@1") for key, _ in ROWS}
+    if None in (score["rl-no-tools"], score["sft"], score["sft-rl"]):
+        print("\nincomplete: a stage has no evaluation")
+        return 1
+    beats = score["sft-rl"] >= max(score["rl-no-tools"], score["sft"]) + margin
+    print(f"\n(c) {'beats' if beats else 'does NOT beat'} (a) and (b) by >= {margin:g}: "
+          f"{score['sft-rl']:.3f} vs {score['rl-no-tools']:.3f} and {score['sft']:.3f}")
+    return 0 if beats else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--margin", type=float, default=0.15, help="how much (c) must beat (a) and (b) by")
+    args = parser.parse_args(argv)
+    return report(args.run_dir, args.margin)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
