@@ -110,7 +110,7 @@ def _train(cfg, log_file: str) -> int:
         from rlvr.trainer import Trainer  # torch, transformers, accelerate: a broken install fails here
 
         if cfg.algorithm.loss == "sft":  # the supervised cold start: the same loop on given trajectories
-            from rlvr.sft import SFTTrainer as Trainer  # noqa: F811
+            from rlvr.sft import SFTTrainer as Trainer
         trainer = Trainer(cfg)
         metrics = trainer.train()
     except (ConfigError, DataError, ResumeError) as e:

@@ -66,10 +66,11 @@ class TrajectoryBudget:
     images: int | None = None  # observation images (tools.max_images)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "TrajectoryBudget":
-        tools, turn = getattr(cfg, "tools", None), cfg.rollout.max_new_tokens
-        if tools is None or not tools.enabled:
+    def from_config(cls, cfg: Config) -> TrajectoryBudget:
+        tools, turn = cfg.tools, cfg.rollout.max_new_tokens
+        if not tools.enabled:
             return cls(turn_tokens=turn)
+        # as rlvr.agent.rollout.ToolRollout budgets a trajectory
         return cls(turn_tokens=turn, total_tokens=tools.max_total_tokens or tools.max_turns * turn,
                    calls=tools.max_calls, turns=tools.max_turns, images=tools.max_images)
 
@@ -279,8 +280,7 @@ class SFTTrainer(Trainer):
             self.sampler.load_state_dict(state)
             self.difficulty = DifficultyFilter(cfg.trainer, self.sampler, acc.process_index, acc.num_processes)
             self.difficulty.load_state_dict(retired)
-        tools = getattr(cfg, "tools", None)
-        if (tools is None or not tools.enabled) and any(len(e.columns["messages"]) > 1 for e in self.examples):
+        if not cfg.tools.enabled and any(len(e.columns["messages"]) > 1 for e in self.examples):
             logger.warning("the trajectories call tools but no tools are on (tools.names): the prompt has no tools "
                            "section, unlike the RL run that will use them")
 

@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
-from conftest import save_image, write_jsonl
 from rlvr.agent.calls import observation_turn
 from rlvr.agent.tools import Observation
 from rlvr.config import Config, ConfigError, check_config, load_config
 from rlvr.data import DataError, load_examples, open_image
+from tests.conftest import save_image, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALL = '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox_2d": [0, 0, 500, 500]}}\n</tool_call>'
@@ -121,6 +121,46 @@ def test_sft_loss_counts_the_assistant_tokens_only(tmp_path, processor, qwen25_d
     assert abs(everything - by_hand) > 0.05, (everything, by_hand)  # the observation tokens would change it
 
 
+@pytest.fixture(scope="module")
+def given(processor):
+    """4 prompts with 0 to 2 images x 2 given responses of 2 to 9 tokens (as tests/test_update.py's rollout)."""
+    from rlvr.batch import Response
+    from tests.test_logprobs import _prompt
+
+    prompts = [_prompt(processor, "q" * (1 + 9 * i), [(56 + 28 * (i % 3), 56)] * (i % 3)) for i in range(4)]
+    g = torch.Generator().manual_seed(3)
+    responses = [Response(i // 2, torch.randint(10, 300, (2 + (5 * i) % 8,), generator=g), torch.zeros(2 + (5 * i) % 8),
+                          True) for i in range(8)]
+    return processor, [prompts[r.prompt_index] for r in responses], responses, torch.ones(8)
+
+
+def test_the_update_with_sft_reads_the_data_at_temperature_one(qwen25_dir, given):
+    """PolicyUpdate with algorithm.loss=sft: sft/nll is the NLL of the given tokens at temperature 1
+    (rollout.temperature=0.5 and a vLLM engine's rollout correction play no part), the same with one
+    sample per micro-batch, and there are no rollout/* metrics (no sampler log-probs exist)."""
+    from rlvr.batch import collate_sequences
+    from rlvr.logprobs import response_logprobs
+    from rlvr.models import load_model
+    from tests.test_update import _update
+
+    processor, prompts, responses, _ = given
+    with torch.no_grad():
+        lp, _ = response_logprobs(load_model(qwen25_dir, "float32"),
+                                  collate_sequences(prompts, responses, processor.tokenizer.pad_token_id))  # [8, R]
+    mask = collate_sequences(prompts, responses, processor.tokenizer.pad_token_id)["response_mask"]  # [8, R]
+    nll = (-(lp * mask).sum() / mask.sum()).item()
+
+    def sft(cfg):
+        cfg.algorithm.loss, cfg.rollout.temperature, cfg.rollout.engine = "sft", 0.5, "vllm"
+
+    metrics = _update(qwen25_dir, given, 1, configure=sft)[0]
+    assert metrics["sft/nll"] == pytest.approx(nll, rel=1e-5)
+    assert not [k for k in metrics if k.startswith("rollout")], metrics
+    one_by_one = _update(qwen25_dir, given, 1, micro_batch_size=1, configure=sft)[0]
+    assert one_by_one["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    assert one_by_one["sft/nll"] == pytest.approx(nll, rel=1e-5)
+
+
 def test_bad_trajectories_are_counted_skips_with_reasons(tmp_path, processor):
     from rlvr.data import RowError
     from rlvr.sft import TrajectoryBudget, check_trajectories, trajectory_sample
@@ -192,7 +232,7 @@ def _sft_config(model_dir, data: str, val: str, out, steps: int, *extra):
         f"model.name_or_path={model_dir}", f"data.train_files={data}", f"data.val_files={val}", f"output_dir={out}",
         "algorithm.loss=sft", "algorithm.entropy_coef=0", "rollout.group_size=1", f"trainer.max_steps={steps}",
         "trainer.prompts_per_step=4", "trainer.micro_batch_size=2", "trainer.lr_schedule=constant", "trainer.lr=3e-3",
-        "rollout.max_new_tokens=96", "eval.k=1", "eval.max_new_tokens=4", "checkpoint.every_steps=0",
+        "rollout.max_new_tokens=96", "data.max_prompt_tokens=1536", "eval.k=1", "eval.max_new_tokens=4", "checkpoint.every_steps=0",
         "log.plots=false", "log.progress_bar=false", "log.wandb=false", "log.samples_every=0", *extra])
 
 
@@ -200,20 +240,23 @@ def test_sft_run_halves_the_nll_and_writes_final(tmp_path, qwen25_dir):
     """20 steps on 4 trajectories (every step sees all four: its sft/nll is the training set's NLL
     before that step's update); RL then starts from final/."""
     from rlvr.models import load_model, load_processor
-    from rlvr.sft import SFTTrainer
+    from rlvr.sft import SFTTrainer, trajectory_sample
 
     rows = [_row(i, answer=str(i)) for i in range(4)] + [_row(9, messages=[])]  # one skipped
     data = _data(tmp_path, rows)
     val = write_jsonl(tmp_path / "val.jsonl", [_row(10, answer="3")])
-    cfg = _sft_config(qwen25_dir, data, val, tmp_path / "run", 20)
+    cfg = _sft_config(qwen25_dir, data, val, tmp_path / "run", 20, "tools.names=[zoom_in]")
     check_config(cfg)
     trainer = SFTTrainer(cfg)
     assert len(trainer.examples) == 4 and dict(trainer.trajectory_skips.reasons) == {"no_messages": 1}
+    # the prompt lists the tools, as the RL run's will (Trainer: with_tools_prompt)
+    prompt, _ = trajectory_sample(trainer.examples[0], trainer.processor, trainer.cfg.data, base_dir=str(tmp_path))
+    assert '"name": "zoom_in"' in trainer.processor.tokenizer.decode(prompt.input_ids)
     trainer.train()
-    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     nll = [m["sft/nll"] for m in lines]
-    print("sft/nll by step:", [round(x, 3) for x in nll])
-    assert len(nll) == 20 and nll[-1] < nll[0] / 2, nll  # measured 5.956 -> 2.042
+    print("sft/nll by step:", [round(x, 3) for x in nll], "step s:", [round(m["time/step_s"], 2) for m in lines])
+    assert len(nll) == 20 and nll[-1] < nll[0] / 2, nll  # measured 5.958 -> 2.080
     assert lines[0]["sft/tokens"] > 0 and lines[0]["sft/tool_calls"] == 1.0
     assert not any(k.startswith("rollout/") for k in lines[0])  # no sampler, no sampler gap
     assert "eval/pass@1" in lines[-1]  # the trainer's evaluator ran at the end
