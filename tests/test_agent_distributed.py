@@ -1,0 +1,108 @@
+"""Two ZeRO-3 CPU ranks whose trajectories make different numbers of tool calls finish (slow: ~1-2 min).
+
+``tests/agent_forced_train.py`` runs the trainer with a forced sampler: e.g. on rank 0 every
+trajectory calls zoom_in once (an image observation) and then answers, on rank 1 every one
+answers at once. Rank 0 then samples a second turn while rank 1 has nothing left: rank 1 must
+make a matching (throwaway) generate call, or the parameter gathers inside rank 0's generate
+go unanswered (``ToolRollout._anyone``). Without that agreement the run fails in seconds (the
+ranks' collectives no longer pair up); a hang would end at trainer.collective_timeout_s, and
+in any case the test kills the run's process group after TIMEOUT_S.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.launching import ACCELERATE_CONFIGS, BIN, ROOT, env, free_port, kill_group, rows
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = os.path.join(ROOT, "tests", "agent_forced_train.py")
+TIMEOUT_S = 600  # a hang fails the test instead of blocking CI
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    from rlvr.devtools.make_tiny_model import make_tiny_model
+
+    return make_tiny_model("qwen2_5_vl", str(tmp_path_factory.mktemp("tools-model")), tool_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    from rlvr.devtools.make_tools_demo_data import main as make_tools_demo_data
+
+    out = str(tmp_path_factory.mktemp("tools-data"))
+    make_tools_demo_data(["--out", out, "--train", "4", "--val", "1", "--sft", "1"])
+    return out
+
+
+def config(model_dir: str, data_dir: str, out: str, path: str) -> str:
+    """Two steps of one prompt per rank, two samples each; no evaluation, no final model."""
+    cfg = {
+        "output_dir": out,
+        "model": {"name_or_path": model_dir},
+        "data": {"train_files": [f"{data_dir}/train.jsonl"], "prompt_template": "{question}",
+                 "min_pixels": 3136, "max_pixels": 12544, "max_prompt_tokens": 1024},
+        # a call is 43 tokens, an observation with its image ~83: two of each and the answer need ~260
+        "tools": {"names": ["zoom_in"], "max_calls": 2, "max_turns": 3, "max_total_tokens": 320},
+        "rollout": {"group_size": 2, "max_new_tokens": 64, "micro_batch_size": 8},
+        "reward": {"functions": [{"name": "tests.reward_fixtures:odd_length"}]},
+        "trainer": {"max_steps": 2, "prompts_per_step": 2, "micro_batch_size": 2, "collective_timeout_s": 300},
+        "checkpoint": {"save_final_model": False},
+        "log": {"progress_bar": False, "samples_every": 0, "plots": False},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+def launch(cfg_path: str, calls: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``tests/agent_forced_train.py`` on two ZeRO-3 processes; killed (process group) past TIMEOUT_S."""
+    cmd = [os.path.join(BIN, "accelerate"), "launch", "--config_file", os.path.join(ACCELERATE_CONFIGS, "zero3.yaml"),
+           "--num_processes", "2", "--main_process_port", str(free_port()), SCRIPT, "--config", cfg_path, *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env(RLVR_FORCED_CALLS=calls), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"the run hung: no exit after {TIMEOUT_S} s; its stderr ends:\n{err[-3000:]}")
+    finally:
+        kill_group(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("gather, calls", [(False, (1, 0)), (True, (1, 0)), (False, (1, 2))],
+                         ids=["partitioned", "gathered", "partitioned-rank1-longer"])
+def test_ranks_making_different_numbers_of_calls_finish_under_zero3(gather, calls, model_dir, data_dir, tmp_path):
+    """calls (1, 0): rank 1 idles through rank 0's second turn; (1, 2): rank 0, the main process,
+    idles through rank 1's third turn, which follows two image observations (tools.max_calls=2 and
+    max_turns=3 reached, not passed)."""
+    out = str(tmp_path / "run")
+    cfg = config(model_dir, data_dir, out, str(tmp_path / "config.yaml"))
+    result = launch(cfg, ",".join(map(str, calls)), f"rollout.zero3_gather_weights={str(gather).lower()}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "process group of 2: rank 0" in result.stderr and "rank 1 on" in result.stderr
+    got = rows(f"{out}/metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2]
+    c0, c1 = calls  # every trajectory of rank r makes calls[r] calls; each rank's mean, averaged over the ranks
+    for r in got:
+        assert r["tools/calls_per_sample"] == (c0 + c1) / 2 and r["tools/zoom_in/calls_per_sample"] == (c0 + c1) / 2
+        assert r["tools/turns_mean"] == ((c0 + 1) + (c1 + 1)) / 2  # model turns: the calls, then the answer
+        assert r["tools/end/answer"] == 1.0 and r["tools/error_frac"] == 0.0
+        assert r["tools/answered_after_call"] == ((c0 > 0) + (c1 > 0)) / 2
+        # the forward under ZeRO-3 over [prompt | call | observation with its image | ... | answer]
+        # gives the log-probs the sampler recorded for the forced tokens
+        assert r["rollout/logprob_diff_max"] < 1e-4, r["rollout/logprob_diff_max"]
+        assert r["reward/std"] > 0  # "It is 3" and "It is 33" in every group: the step updated
+    print(f"gather={gather} calls={calls}: logprob_diff_max {max(r['rollout/logprob_diff_max'] for r in got):.1e}, "
+          f"step times {[round(r['time/step_s'], 1) for r in got]} s")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s"]))
