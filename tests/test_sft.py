@@ -232,8 +232,9 @@ def _sft_config(model_dir, data: str, val: str, out, steps: int, *extra):
         f"model.name_or_path={model_dir}", f"data.train_files={data}", f"data.val_files={val}", f"output_dir={out}",
         "algorithm.loss=sft", "algorithm.entropy_coef=0", "rollout.group_size=1", f"trainer.max_steps={steps}",
         "trainer.prompts_per_step=4", "trainer.micro_batch_size=2", "trainer.lr_schedule=constant", "trainer.lr=3e-3",
-        "rollout.max_new_tokens=96", "data.max_prompt_tokens=1536", "eval.k=1", "eval.max_new_tokens=4", "checkpoint.every_steps=0",
-        "log.plots=false", "log.progress_bar=false", "log.wandb=false", "log.samples_every=0", *extra])
+        "rollout.max_new_tokens=96", "data.max_prompt_tokens=1536", "eval.k=1", "eval.max_new_tokens=4",
+        "checkpoint.every_steps=0", "log.plots=false", "log.progress_bar=false", "log.wandb=false",
+        "log.samples_every=0", *extra])
 
 
 def test_sft_run_halves_the_nll_and_writes_final(tmp_path, qwen25_dir):
@@ -263,3 +264,25 @@ def test_sft_run_halves_the_nll_and_writes_final(tmp_path, qwen25_dir):
     final = tmp_path / "run" / "final"
     assert (final / "config.json").is_file()
     load_model(str(final), "float32"), load_processor(str(final))  # what an RL run's model.name_or_path loads
+
+
+def test_a_resumed_sft_run_continues_the_uninterrupted_one(tmp_path, qwen25_dir):
+    """4 steps whole, or 2 then resume=auto to 4: the same rows (the skipped one left out of the
+    order in both) and the same NLL at every step."""
+    from rlvr.sft import SFTTrainer
+
+    data = _data(tmp_path, [_row(9, messages=[])] + [_row(i, answer=str(i)) for i in range(4)])
+
+    def run(out, steps, *extra):
+        cfg = _sft_config(qwen25_dir, data, "[]", tmp_path / out, steps, "trainer.prompts_per_step=2",
+                          "checkpoint.every_steps=1", "checkpoint.save_final_model=false", *extra)
+        SFTTrainer(cfg).train()
+        rows = (tmp_path / out / "metrics.jsonl").read_text().splitlines()
+        prompts = (tmp_path / out / "prompts.jsonl").read_text().splitlines()
+        return [json.loads(m)["sft/nll"] for m in rows], [json.loads(p)["ids"] for p in prompts]
+
+    whole = run("whole", 4)
+    run("split", 2)
+    split = run("split", 4, "resume=auto")
+    assert split[1] == whole[1] and "t9" not in sum(whole[1], [])
+    assert split[0] == pytest.approx(whole[0], abs=1e-6)
