@@ -122,7 +122,14 @@ def build_tokenizer(vocab_size: int = 400, family: str = "qwen2_5_vl", tool_toke
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((_CORPUS + (_TOOL_CORPUS if tool_tokens else [])) * 4, trainer)
+    corpus = _CORPUS
+    if tool_tokens:  # a real tokenizer spells the tools section in ~250 tokens; 400 merges of _CORPUS need ~800
+        from rlvr.agent.calls import tools_system_prompt
+        from rlvr.agent.tools import image_tools
+
+        trainer.vocab_size = max(vocab_size, 800)
+        corpus = corpus + _TOOL_CORPUS + [tools_system_prompt([tool.schema() for tool in image_tools()])]
+    tok.train_from_iterator(corpus * 4, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
