@@ -286,3 +286,30 @@ def test_a_resumed_sft_run_continues_the_uninterrupted_one(tmp_path, qwen25_dir)
     split = run("split", 4, "resume=auto")
     assert split[1] == whole[1] and "t9" not in sum(whole[1], [])
     assert split[0] == pytest.approx(whole[0], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sft_under_zero3_on_two_processes_equals_one_process(tmp_path, qwen25_dir):
+    """Rank 0's trajectory calls the tool (an observation image), rank 1's answers at once: ZeRO-3
+    does not hang, and each step's NLL and loss equal the one-process run's (measured |diff| < 1e-6)."""
+    from tests.launching import run
+
+    rows = [_row(i, answer=str(i)) for i in range(4)]
+    for row in rows[1::2]:
+        row["messages"] = [{"role": "assistant", "content": f"The digit is {row['answer']}."}]
+    data = _data(tmp_path, rows)
+    args = ["--config", os.path.join(ROOT, "recipes", "tools", "sft.yaml"), f"model.name_or_path={qwen25_dir}",
+            f"data.train_files={data}", "data.val_files=[]", "data.shuffle=false", "trainer.max_steps=2",
+            "trainer.prompts_per_step=2", "trainer.micro_batch_size=1", "trainer.lr_schedule=constant",
+            "tools.max_total_tokens=400", "rollout.max_new_tokens=96", "log.progress_bar=false", "log.plots=false",
+            "checkpoint.save_final_model=false"]
+    runs = {}
+    for name, config, processes in (("one", None, 1), ("zero3", "zero3", 2)):
+        result = run([*args, f"output_dir={tmp_path / name}"], config, processes, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line) for line in (tmp_path / "zero3" / "prompts.jsonl").read_text().splitlines()]
+    assert prompts[0]["by_rank"] == [[0], [1]]  # rank 0: t0 with its observation image; rank 1: t1 without
+    for one, two in zip(runs["one"], runs["zero3"], strict=True):
+        for key in ("sft/nll", "loss", "sft/tokens"):
+            assert two[key] == pytest.approx(one[key], abs=1e-5), key
