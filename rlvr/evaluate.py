@@ -110,22 +110,24 @@ class Evaluator:
         return responses, texts
 
     def _engine(self, model, synced_gpus: bool | None):
-        """``model`` as an engine: an engine as it is; a transformers model behind the HF engine."""
+        """``model`` as an engine: an engine as it is; a transformers model behind the HF engine; with
+        tools (``tools.*``), behind the multi-turn loop (``rlvr.agent.rollout``) unless it already is."""
+        from rlvr.agent.rollout import ToolRollout, with_tools
         from rlvr.models import stop_token_ids
         from rlvr.rollout import HFEngine, RolloutEngine
 
-        if isinstance(model, RolloutEngine):
+        if isinstance(model, ToolRollout):
             return model
-        policy = self.accelerator.unwrap_model(model) if self.accelerator is not None else model
+        if not isinstance(model, RolloutEngine):
+            policy = self.accelerator.unwrap_model(model) if self.accelerator is not None else model
 
-        @contextlib.contextmanager
-        def as_given():
-            yield policy, synced_gpus
+            @contextlib.contextmanager
+            def as_given():
+                yield policy, synced_gpus
 
-        from rlvr.agent.rollout import with_tools
-
-        return with_tools(HFEngine(self.rollout, stop_token_ids(self.processor, policy),
-                                   self.processor.tokenizer.pad_token_id, as_given), self.cfg, self.processor)
+            model = HFEngine(self.rollout, stop_token_ids(self.processor, policy), self.processor.tokenizer.pad_token_id,
+                             as_given)
+        return with_tools(model, self.cfg, self.processor, self.accelerator)
 
     def _evaluate_local(self, engine) -> list[tuple[int, dict, list[dict], dict | None]]:
         """(example index, record fields, sampled prediction rows, greedy row) for this rank's prompts."""
@@ -319,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_model(args.model)
         config_path = args.config or source.run_config
         from rlvr.agent.rollout import with_tools_prompt
+        from rlvr.rollout.vllm_env import prepare_for_run
 
         cfg = with_tools_prompt(load_config(config_path, args.overrides))  # with tools: they are in the prompt
-        from rlvr.rollout.vllm_env import prepare_for_run
 
         prepare_for_run(cfg)  # vLLM's environment before the processor loads
         cfg.model.name_or_path = source.weights_dir
@@ -370,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         from rlvr.models import stop_token_ids
         from rlvr.rollout import make_engine
 
-        from rlvr.agent.rollout import with_tools
-
-        engine = with_tools(make_engine(cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id),
-                            cfg, processor)
+        engine = make_engine(cfg, stop_token_ids(processor, model), processor.tokenizer.pad_token_id)
         engine.sync_weights(model)  # the weights as loaded (a run's final or adapter weights), not the base's
     metrics = evaluator.run(engine)
     os.makedirs(out_dir, exist_ok=True)

@@ -107,13 +107,7 @@ class Trainer:
         configure_deepspeed(acc, micro, gas, t.max_grad_norm, _hidden_size(m.name_or_path, m.trust_remote_code))
         set_seed(t.seed, device_specific=True)
         if acc.is_main_process:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            if plan.checkpoint is None or plan.compared_with is None:
-                save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-            elif plan.changes:  # config.yaml stays the config the run started with
-                save_config(cfg, os.path.join(cfg.output_dir, resumed_config_name(plan.step)))
-            if plan.checkpoint is not None:
-                logger.info("resume=%s %s", cfg.resume, plan.describe())
+            self._save_config(plan)
         logger.info(describe_ranks(acc))
         if cfg.tools.enabled:  # every prompt lists the tools in its system turn (config.yaml keeps the recipe's)
             self.cfg = cfg = with_tools_prompt(cfg)
@@ -192,6 +186,16 @@ class Trainer:
         if plan.refused and not plan.allowed:
             raise ResumeError(f"resume={self.cfg.resume} {plan.describe()}")
         return plan
+
+    def _save_config(self, plan: ResumePlan) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        if plan.checkpoint is None or plan.compared_with is None:
+            save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        elif plan.changes:  # config.yaml stays the config the run started with
+            save_config(cfg, os.path.join(cfg.output_dir, resumed_config_name(plan.step)))
+        if plan.checkpoint is not None:
+            logger.info("resume=%s %s", cfg.resume, plan.describe())
 
     def _continue_lr_schedule(self, saved: dict | None, plan: ResumePlan) -> None:
         """Keep the learning rate continuous when the resumed run's length differs (LRSchedule.resume)."""

@@ -14,7 +14,6 @@ from test_synth_client import FakeServer
 from rlvr.agent.calls import RESPONSE_CLOSE, RESPONSE_OPEN
 from rlvr.agent.teacher import (
     Teacher,
-    ZoomSolver,
     build_setup,
     cut_at_call,
     load_tasks,
@@ -23,6 +22,7 @@ from rlvr.agent.teacher import (
 from rlvr.config import load_config
 from rlvr.devtools.make_demo_data import COLOURS
 from rlvr.devtools.make_tools_demo_data import main as make_data
+from rlvr.devtools.zoom_teacher import ZoomSolver
 from rlvr.rewards import Verifier
 from rlvr.synth.client import OpenAIClient, ScriptedClient
 

@@ -21,8 +21,8 @@ no images in ``tool`` messages, and this is exactly how Qwen's chat templates re
 message (``rlvr.agent.calls.observation_text``), so the teacher's context is the one the policy
 sees in RL. Clients (``rlvr.synth.client``): ``openai`` (any OpenAI-compatible endpoint; images
 as PNG data URLs), ``engine`` (rlvr's rollout engine on a local model; it does not stop at
-``</tool_call>``, the reply is cut there), ``scripted`` (``ZoomSolver``, the tools demo's
-teacher).
+``</tool_call>``, the reply is cut there), ``scripted`` (``rlvr.devtools.zoom_teacher.ZoomSolver``, the
+tools demo's teacher).
 
 Kept trajectories are written as the input row (its image paths made relative to the output
 file) plus ``messages``: the turns after the prompt, ``assistant`` (a call turn ends with
@@ -49,8 +49,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image
 
 from rlvr.agent.calls import CALL_CLOSE, RESPONSE_CLOSE, RESPONSE_OPEN, parse_tool_call
 from rlvr.agent.tools import Observation, ToolRegistry
@@ -247,53 +245,6 @@ def sft_row(t: Trajectory, out_dir: str, images_dir: str, data_cfg) -> dict:
     return row
 
 
-# --- the demo's scripted teacher ------------------------------------------------------------------
-
-class ZoomSolver:
-    """The tools demo's teacher (``rlvr.devtools.make_tools_demo_data``), a ``ScriptedClient`` responder.
-
-    Turn 1: zoom into the row's ``target_box`` by 4 (the one fixed call per quadrant; it knows
-    where the square is, as a person reading the question does, not what colour it has). Turn 2:
-    the zoomed image's pixels vote for their nearest digit colour (within ``max_dist``); the
-    winner is the answer, written for ``answer_extraction`` ("7", or "\\boxed{7}"). An error
-    observation (no image) makes it call again. No square colour found: "I cannot tell."
-    """
-
-    def __init__(self, boxes: dict[str, list], digits: dict[int, tuple], answer_extraction: str = "last_number",
-                 max_dist: float = 60.0):
-        self.boxes, self.max_dist = boxes, max_dist
-        self.digits = sorted(digits)
-        self.palette = np.array([digits[d] for d in self.digits], dtype=np.float32)  # [D, 3]
-        self.answer_format = "\\boxed{{{}}}" if answer_extraction == "boxed" else "{}"
-
-    @staticmethod
-    def key(prompt: list[dict]) -> str:
-        """A prompt's identity: its messages with image parts as their paths."""
-        return json.dumps(prompt, default=lambda v: f"<{type(v).__name__}>", sort_keys=True)
-
-    def call_text(self, box: list) -> str:
-        return f"<tool_call>\n{json.dumps({'name': 'zoom_in', 'arguments': {'bbox_2d': box, 'factor': 4}})}\n{CALL_CLOSE}"
-
-    def read_digit(self, image: Image.Image) -> int | None:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 1, 3)  # [P, 1, 3]
-        dist = np.linalg.norm(pixels - self.palette[None], axis=-1)  # [P, D]
-        nearest = dist.argmin(axis=1)  # [P]
-        votes = np.bincount(nearest[dist.min(axis=1) <= self.max_dist], minlength=len(self.digits))  # [D]
-        return self.digits[int(votes.argmax())] if votes.max() > 0 else None
-
-    def __call__(self, request: ChatRequest) -> list[str]:
-        last = request.messages[-1]
-        images = [p["image"] for p in last["content"] if p.get("type") == "image"] if isinstance(last["content"], list) else []
-        if last["role"] == "user" and images and any(m["role"] == "assistant" for m in request.messages):
-            digit = self.read_digit(images[-1] if isinstance(images[-1], Image.Image) else Image.open(images[-1]))
-            text = "I cannot tell." if digit is None else self.answer_format.format(digit)
-        else:
-            prompt = [m for m in request.messages if m["role"] in ("system",)] + \
-                     [next(m for m in request.messages if m["role"] == "user")]
-            text = self.call_text(self.boxes[self.key(prompt)])
-        return [text] * request.n
-
-
 # --- the command line ------------------------------------------------------------------------------
 
 def load_tasks(path: str, data_cfg) -> tuple[list[tuple[dict, object]], collections.Counter]:
@@ -328,7 +279,7 @@ def build_setup(cfg) -> tuple[ToolRegistry, object]:
 
 
 def make_teacher_client(args, tasks, teacher_for_keys: Teacher, cfg) -> VLMClient:
-    from rlvr.synth.client import EngineClient, OpenAIClient, ScriptedClient
+    from rlvr.synth.client import EngineClient, OpenAIClient
 
     if args.teacher == "openai":
         if not args.base_url or not args.model:
@@ -341,17 +292,9 @@ def make_teacher_client(args, tasks, teacher_for_keys: Teacher, cfg) -> VLMClien
         # the engine's processor resizes images as the run's does
         pixels = [f"data.min_pixels={cfg.data.min_pixels}", f"data.max_pixels={cfg.data.max_pixels}"]
         return EngineClient(args.model, engine=args.engine, seed=args.seed, overrides=pixels + list(args.overrides))
-    from rlvr.devtools.make_demo_data import COLOURS
-    from rlvr.devtools.make_tools_demo_data import MAX_DIGITS
+    from rlvr.devtools.zoom_teacher import scripted_client
 
-    boxes = {}
-    for row, example in tasks:
-        if not (isinstance(row.get("target_box"), list) and len(row["target_box"]) == 4):
-            raise SystemExit(f"teacher: --teacher scripted needs a target_box [x1, y1, x2, y2] on every row; "
-                             f"row {example.id} has {row.get('target_box')!r} (rows of make_tools_demo_data have it)")
-        prompt = teacher_for_keys.prompt_messages(example)
-        boxes[ZoomSolver.key([m for m in prompt if m["role"] == "system"] + [next(m for m in prompt if m["role"] == "user")])] = row["target_box"]
-    return ScriptedClient(ZoomSolver(boxes, {d: COLOURS[d] for d in range(MAX_DIGITS)}, cfg.reward.answer_extraction))
+    return scripted_client(tasks, teacher_for_keys, cfg)
 
 
 def main(argv: list[str] | None = None) -> TeacherReport:
