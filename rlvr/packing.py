@@ -14,7 +14,8 @@ plus response tokens); rows are padded to the longest, hence the ``len * max``. 
 is what the vision tower sees: sum over the sample's images of t * h * w from
 ``image_grid_thw`` (before the spatial merge into placeholders). Samples of one prompt share
 its images, and the training forward encodes them once per micro-batch
-(``rlvr.multimodal.shared_image_features``), so they are counted once.
+(``rlvr.multimodal.shared_image_features``), so they are counted once; a multi-turn response's
+own images (tool observations) are its own and counted with it.
 
 The loss divides by minibatch-wide counts (``rlvr.update``), so how a minibatch is cut into
 micro-batches changes memory and speed, never the gradient (up to float summation order).
@@ -35,6 +36,7 @@ class SampleCosts(NamedTuple):
     lengths: list[int]  # prompt + response tokens
     patches: list[int]  # vision-tower patches of the sample's images (0 for text only)
     images: list[int]  # the first sample with the same prompt: samples sharing it share the images
+    own_patches: list[int] | None = None  # patches of the sample's own images (tool observations); None: none
 
 
 def sample_costs(prompts: Sequence[PromptInputs], responses: Sequence[Response]) -> SampleCosts:
@@ -48,6 +50,8 @@ def sample_costs(prompts: Sequence[PromptInputs], responses: Sequence[Response])
         lengths=[len(p.input_ids) + len(r.token_ids) for p, r in zip(prompts, responses)],
         patches=[0 if p.image_grid_thw is None else int(p.image_grid_thw.prod(-1).sum()) for p in prompts],
         images=[first.setdefault(id(p), i) for i, p in enumerate(prompts)],
+        own_patches=[0 if getattr(r, "image_grid_thw", None) is None else int(r.image_grid_thw.prod(-1).sum())
+                     for r in responses],
     )
 
 
@@ -56,7 +60,8 @@ def micro_batch_cost(idx: Sequence[int], costs: SampleCosts) -> int:
     if not idx:
         return 0
     patches = {costs.images[i]: costs.patches[i] for i in idx}  # one entry per distinct prompt
-    return len(idx) * max(costs.lengths[i] for i in idx) + sum(patches.values())
+    own = sum(costs.own_patches[i] for i in idx) if costs.own_patches else 0  # observations: each its own
+    return len(idx) * max(costs.lengths[i] for i in idx) + sum(patches.values()) + own
 
 
 def pack_by_tokens(indices: Sequence[int], costs: SampleCosts, budget: int) -> tuple[list[list[int]], int]:

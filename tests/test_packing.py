@@ -25,7 +25,19 @@ def test_sample_costs_count_prompt_response_and_every_image_patch():
     text = PromptInputs(torch.arange(5), torch.zeros(5, dtype=torch.long), None, None)
     responses = [Response(0, torch.arange(n), torch.zeros(n), True) for n in (3, 1, 2)]
     # Samples 0 and 2 answer the same prompt object: they share its images.
-    assert sample_costs([image, text, image], responses) == SampleCosts([7 + 3, 5 + 1, 7 + 2], [28, 0, 28], [0, 1, 0])
+    assert sample_costs([image, text, image], responses) == SampleCosts([7 + 3, 5 + 1, 7 + 2], [28, 0, 28], [0, 1, 0],
+                                                                        [0, 0, 0])
+
+
+def test_a_tool_trajectorys_own_images_count_with_it_not_with_its_prompt():
+    image = PromptInputs(torch.arange(7), torch.zeros(7, dtype=torch.long), torch.zeros(24, 4),
+                         torch.tensor([[1, 4, 6]]))  # 24 patches
+    plain = Response(0, torch.arange(3), torch.zeros(3), True)
+    observed = Response(0, torch.arange(9), torch.zeros(9), True, image_grid_thw=torch.tensor([[1, 2, 4], [1, 2, 2]]))
+    costs = sample_costs([image, image], [plain, observed])
+    assert costs.own_patches == [0, 8 + 4]
+    # rows 2 x longest (7 + 9), the prompt's 24 patches once, the observation's 12 with its sample
+    assert micro_batch_cost([0, 1], costs) == 2 * 16 + 24 + 12
 
 
 def test_micro_batch_cost_is_rows_times_longest_plus_each_prompts_patches_once():
