@@ -315,3 +315,28 @@ def test_a_line_that_is_not_utf8_is_a_counted_bad_row(qwen25_dir, data, tmp_path
     rows = lines(run(qwen25_dir, data, tmp_path, f"data.train_files={path}"), section="Data")
     assert len(rows) == 1 and "5 rows, 4 usable, 1 skipped (20.0%): 1 not_utf8" in rows[0]
     assert f"not_utf8: {path}:3: line is not UTF-8 text (byte 0xe9 at byte 28 of the line)" in rows[0]
+
+
+def test_with_tools_the_prompt_budget_counts_the_tools_section_and_shaping_rewards_pass(qwen25_dir, data, tmp_path):
+    import re
+
+    from rlvr.agent.calls import tools_system_prompt
+    from rlvr.agent.rollout import build_registry
+    from rlvr.config.tools import ToolsConfig
+    from rlvr.models import load_processor
+
+    def max_prompt(report):
+        text = next(m for m in lines(report, OK, "Data") if m.startswith("train prompt tokens"))
+        return int(re.search(r"max (\d+)", text).group(1))
+
+    plain = max_prompt(run(qwen25_dir, data, tmp_path, "data.max_prompt_tokens=4096"))
+    rewards = ("reward.functions=[{name: rlvr.rewards:numeric_reward}, {name: rlvr.rewards:tool_format, weight: 0.1}, "
+               "{name: rlvr.rewards:tool_call_cost, weight: 0.05}]")
+    report = run(qwen25_dir, data, tmp_path, "data.max_prompt_tokens=4096", "tools.names=[zoom_in]", rewards)
+    assert not report.failed, report.render()
+    # the system turn the tools add, counted by hand with the same tokenizer
+    system = tools_system_prompt(build_registry(ToolsConfig(names=["zoom_in"])).schemas())
+    tokenizer = load_processor(qwen25_dir).tokenizer
+    turn = tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False)
+    assert max_prompt(report) == plain + len(tokenizer.encode(turn, add_special_tokens=False))
+    assert len(lines(report, OK, "Rewards")) == 3

@@ -100,7 +100,14 @@ def _checks(cfg, report: Report, *, processor=None, data: bool, max_rows: int | 
             allow_skipped: float = 0.0, num_gpus: int | None, zero_stage: int | None, lora_rank: int | None,
             gpu_memory_gb: float | None, offload: tuple[bool, bool] | None) -> None:
     """Rewards, model and processor, (data,) memory: the sequence preflight and check_setup share."""
+    from rlvr.agent.rollout import with_tools_prompt
+    from rlvr.config import ConfigError
+
     env_gpus, env_stage, env_memory = _environment_defaults()
+    try:
+        cfg = with_tools_prompt(cfg)  # with tools, prompts carry the tools section: count it in the budget
+    except ConfigError as e:
+        report.add("Tools", FAIL, str(e))
     check_rewards(cfg, report)
     check_engine(cfg, report)
     if processor is None:

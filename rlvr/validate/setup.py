@@ -46,6 +46,8 @@ def check_rewards(cfg, report: Report) -> None:
     answers = ["1", "2"]
     columns = {"id": ["validate-0", "validate-1"], "source": ["validate", "validate"],
                "question": ["What is 0 + 1?", "What is 1 + 1?"]}
+    if cfg.tools.enabled:  # training passes these with tools on (rlvr.agent.rollout.tool_columns)
+        columns.update(tool_calls=[1, 0], tool_errors=[0, 0], end_reason=["answer", "length"])
     for i, spec in enumerate(cfg.reward.functions):
         where = f"reward.functions[{i}] {spec.name!r}"
         try:
