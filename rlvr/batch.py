@@ -200,8 +200,8 @@ def collate_sequences(prompts: list[PromptInputs], responses: list, pad_id: int)
     predicts response token t, i.e. ``prompt_len - 1 + t``, ``image_source`` [N_images] and
     ``prompt_group`` [B] (``_image_source``, ``_prompt_group``: rows holding the same
     ``PromptInputs`` object share its prompt and images, which ``rlvr.logprobs`` computes
-    once), and ``response_images`` (a 0-dim tensor, 1 when some response holds images: the
-    observations of tool calls, which the shared-prompt forward does not handle).
+    once), ``response_images`` (a 0-dim tensor, 1 when some response holds images: the
+    observations of tool calls) and ``image_owner`` [N_images] (0: a prompt's image, 1: a response's).
     """
     records = [r if isinstance(r, Response) else None for r in responses]
     responses = [r.token_ids if isinstance(r, Response) else r for r in responses]
@@ -230,9 +230,12 @@ def collate_sequences(prompts: list[PromptInputs], responses: list, pad_id: int)
         # Padded response slots point at the last real position; they are masked anyway.
         logit_positions[i] = (n - 1 + torch.arange(r_width)).clamp(max=n + m - 1)
     own_images = any(r is not None and r.image_grid_thw is not None for r in records)
+    owner = [k for p, r in zip(prompts, records) for k, item in ((0, p), (1, r))
+             for _ in range(0 if item is None or item.image_grid_thw is None else len(item.image_grid_thw))]
     return {
         "input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_types,
         **_cat_vision(prompts, records), "image_source": _image_source(prompts, records),
         "prompt_group": _prompt_group(prompts), "response_ids": response_ids, "response_mask": response_mask,
         "logit_positions": logit_positions, "response_images": torch.tensor(int(own_images)),
+        "image_owner": torch.tensor(owner, dtype=torch.long) if owner else None,
     }

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlvr.distributed import all_ranks_agree
+from rlvr.distributed import reduce_over_ranks
 from rlvr.lora import inner_model
 from rlvr.models import never_sample_ids
 from rlvr.multimodal import (cache_kwarg, decoder_and_head, forward_inputs, mrope_positions, select_images,
@@ -229,11 +229,16 @@ def _can_share_prompts(decoder, batch: dict) -> bool:
         return False  # linear attention: the recurrent state does not split into prompt and response parts
     if decoder.training and any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
         return False  # transformers drops the KV cache inside checkpointed layers
-    # Every rank must take the same path, and a rank whose prompts have no image must not
-    # skip the vision tower while another runs it (see rlvr.multimodal.sync_vision_tower_calls).
-    # Responses holding images (tool observations) need the vision tower in the response part: plain forward.
-    own_images = batch.get("response_images") is not None and bool(batch["response_images"])
-    return all_ranks_agree(batch.get("pixel_values") is not None and not own_images, batch["input_ids"].device)
+    # Every rank must take the same path, and a rank must not skip the vision tower in a decoder
+    # call while another runs it (rlvr.multimodal.sync_vision_tower_calls does not cover calls with
+    # a cache): every rank's prompts have images, and the responses' own images (tool
+    # observations, encoded in the second call) are on every rank or on none.
+    owner = batch.get("image_owner")
+    prompt_images = owner is not None and bool((owner == 0).any())
+    own = batch.get("response_images") is not None and bool(batch["response_images"])
+    flags = torch.tensor([prompt_images, own, not own], dtype=torch.long, device=batch["input_ids"].device)
+    prompts_ok, all_own, none_own = reduce_over_ranks(flags, "min").tolist()
+    return bool(prompts_ok and (all_own or none_own))
 
 
 def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
@@ -271,22 +276,31 @@ def _shared_prompt_hidden(decoder, batch: dict) -> torch.Tensor:
     # observations have loss mask 0 but the model read them): the rows' own lengths.
     for row, (n, real) in enumerate(zip(lengths, batch["attention_mask"].sum(-1).tolist())):
         full_mask[row, width:width + int(real) - n] = 1
+        full_types[row, width:width + int(real) - n] = types[row, n:int(real)]  # observation images
     positions, _ = mrope_positions(decoder, full_ids, full_types, full_mask, batch.get("image_grid_thw"))
     groups = group.tolist()
     first = torch.tensor([groups.index(g) for g in range(max(groups) + 1)], device=ids.device)  # each group's first row
     inputs = {"input_ids": full_ids[first, :width - 1], "attention_mask": full_mask[first, :width - 1],
               "mm_token_type_ids": full_types[first, :width - 1], "position_ids": positions[:, first, :width - 1]}
-    source = batch.get("image_source")
-    if source is not None:  # the distinct images, in the order of the groups' first rows
-        distinct = [i for i, s in enumerate(source.tolist()) if s == i]
+    source, owner = batch.get("image_source"), batch.get("image_owner")
+    response_inputs = {}
+    if source is not None:  # the prompts' distinct images, in the order of the groups' first rows
+        owner = owner.tolist() if owner is not None else [0] * len(source)
+        distinct = [i for i, s in enumerate(source.tolist()) if s == i and owner[i] == 0]
         inputs["pixel_values"], inputs["image_grid_thw"] = select_images(batch["pixel_values"],
                                                                          batch["image_grid_thw"], distinct)
+        own = [i for i, o in enumerate(owner) if o == 1]  # the responses' images, row by row
+        if own:
+            pixels, grids = select_images(batch["pixel_values"], batch["image_grid_thw"], own)
+            response_inputs = {"pixel_values": pixels, "image_grid_thw": grids,
+                               "mm_token_type_ids": full_types[:, width - 1:width + r - 1]}
     cache = DynamicCache(config=decoder.config)
     key = cache_kwarg(decoder)
     decoder(**inputs, **{key: cache}, use_cache=True)
     cache.reorder_cache(group)  # [G_distinct, ...] -> [B, ...], differentiable
     out = decoder(input_ids=full_ids[:, width - 1:width + r - 1], attention_mask=full_mask[:, :width + r - 1],
-                  position_ids=positions[:, :, width - 1:width + r - 1], **{key: cache}, use_cache=True)
+                  position_ids=positions[:, :, width - 1:width + r - 1], **{key: cache}, use_cache=True,
+                  **response_inputs)
     return out.last_hidden_state  # [B, R, H]: position t predicts response token t
 
 

@@ -21,6 +21,7 @@ from rlvr.config import Config, DataConfig, RolloutConfig
 from rlvr.config.tools import ToolsConfig
 from rlvr.data import Example
 from rlvr.devtools.make_tiny_model import make_tiny_model
+from rlvr import logprobs as logprobs_module
 from rlvr.logprobs import response_logprobs
 from rlvr.models import load_model, load_processor, stop_token_ids
 from rlvr.rollout import HFEngine, hf, sampling
@@ -116,12 +117,17 @@ def test_a_forced_call_runs_the_tool_and_the_trajectory_trains_on_the_models_tok
     # the training forward over [prompt | trajectory] gives the sampler's log-probs on the model's tokens
     batch = collate_sequences([prompt, prompt], out, processor.tokenizer.pad_token_id)
     assert len(batch["image_grid_thw"]) == 4 and batch["image_source"].tolist() == [0, 1, 0, 3]
+    assert batch["image_owner"].tolist() == [0, 1, 0, 1]
+    shared = []
+    monkeypatch.setattr(logprobs_module, "_shared_prompt_hidden",
+                        lambda *a, original=logprobs_module._shared_prompt_hidden: shared.append(1) or original(*a))
     for share in (True, False):
         logprobs, _ = response_logprobs(model, batch, temperature=0.8, share_prompts=share)
         for row, r in enumerate(out):
             m = r.loss_mask.bool()
             diff = (logprobs[row, :len(r.token_ids)][m] - r.logprobs[m]).abs().max().item()
             assert diff < 1e-4, diff
+    assert shared == [1]  # the prompt computed once, the observation images encoded after it
     # and a sequence the model never saw (the observation image left out of the batch) does not match
     broken = dataclasses.replace(out[0], mm_token_type_ids=torch.zeros_like(out[0].mm_token_type_ids),
                                  pixel_values=None, image_grid_thw=None)
@@ -252,3 +258,21 @@ def test_a_dead_or_wrong_service_stops_the_run_before_it_starts(monkeypatch):
     tools.services[0].token_env = "NO_SUCH_TOKEN"
     with pytest.raises(ConfigError, match="token_env NO_SUCH_TOKEN is not set"):
         build_registry(tools)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "qwen3_5"])
+def test_every_family_trains_on_the_context_it_sampled_in(family, tmp_path, monkeypatch):
+    """The other families (Qwen2.5-VL above): a forced zoom call, its image observation, the answer;
+    the training forward (shared-prompt where the family allows it, and plain) equals the sampler."""
+    path = make_tiny_model(family, str(tmp_path / family), tool_tokens=True)
+    tiny = (load_processor(path), load_model(path, dtype="float32").eval())
+    processor, model, cfg, prompt, rollout = _setup(tiny, monkeypatch, [CALL, "3<|im_end|>"])
+    out = rollout.generate([prompt], [2])
+    assert all([t.kind for t in r.turns] == ["model", "observation", "model"] and r.end_reason == "answer"
+               and r.turns[1].status == "ok" and len(r.images) == 1 for r in out)
+    batch = collate_sequences([prompt, prompt], out, processor.tokenizer.pad_token_id)
+    for share in (True, False):
+        logprobs, _ = response_logprobs(model, batch, temperature=0.8, share_prompts=share)
+        for row, r in enumerate(out):
+            m = r.loss_mask.bool()
+            assert (logprobs[row, :len(r.token_ids)][m] - r.logprobs[m]).abs().max() < 1e-4, (family, share)
