@@ -34,7 +34,10 @@ def forced_sampling(calls_by_rank: list[int], model_dir: str):
     from rlvr.rollout import sampling
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
     call, answers = encode(CALL), [encode(a) for a in ANSWERS]
     response_open = tokenizer.convert_tokens_to_ids("<tool_response>")
     assert len(encode("<tool_response>")) == 1 and len(encode("</tool_call>")) == 1, "needs --tool-tokens"

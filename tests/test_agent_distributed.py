@@ -9,14 +9,16 @@ ranks' collectives no longer pair up); a hang would end at trainer.collective_ti
 in any case the test kills the run's process group after TIMEOUT_S.
 """
 
+import glob
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.launching import ACCELERATE_CONFIGS, BIN, ROOT, env, free_port, kill_group, rows
+from tests.launching import ACCELERATE_CONFIGS, BIN, ROOT, env, free_port, rows
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +63,7 @@ def config(model_dir: str, data_dir: str, out: str, path: str) -> str:
 
 
 def launch(cfg_path: str, calls: str, *overrides: str) -> subprocess.CompletedProcess:
-    """``tests/agent_forced_train.py`` on two ZeRO-3 processes; killed (process group) past TIMEOUT_S."""
+    """``tests/agent_forced_train.py`` on two ZeRO-3 processes; killed, workers included, past TIMEOUT_S."""
     cmd = [os.path.join(BIN, "accelerate"), "launch", "--config_file", os.path.join(ACCELERATE_CONFIGS, "zero3.yaml"),
            "--num_processes", "2", "--main_process_port", str(free_port()), SCRIPT, "--config", cfg_path, *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -69,12 +71,36 @@ def launch(cfg_path: str, calls: str, *overrides: str) -> subprocess.CompletedPr
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        kill_group(proc)
+        kill_tree(proc.pid)
         out, err = proc.communicate()
         pytest.fail(f"the run hung: no exit after {TIMEOUT_S} s; its stderr ends:\n{err[-3000:]}")
     finally:
-        kill_group(proc)
+        kill_tree(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and every process below it. Not a process group: torch's elastic agent
+    starts each rank in a session of its own, so killing the launcher's group would leave the
+    ranks running (until their collective timeout, or for ever in a true hang)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.split("/")[2]))
+    todo, found = [root], []
+    while todo:  # collected before any kill: an orphan is re-parented and lost from the tree
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.parametrize("gather, calls", [(False, (1, 0)), (True, (1, 0)), (False, (1, 2))],
