@@ -23,6 +23,9 @@ On that model, ``ToolRollout(VLLMEngine)``:
 - sampled (seeded, temperature 0.5, two per prompt): the same turns; log-probs equal at the
   sampling temperature (measured 1.1e-6); the same seeds give the same trajectories in another
   batch composition.
+The prompts (392 tokens) fill ``data.max_prompt_tokens`` (400): the engine's context holds the
+prompt and the trajectory's tool budget (``rlvr.rollout.vllm.engine_kwargs``; with one turn's
+room, vLLM refused turn 2: "maximum context length is 448 tokens ... your prompt contains 491").
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ FP32_BOUND = 1e-5  # the engine contract's fp32 bound (tests/vllm/test_engine_co
 TARGET_P = 0.9  # training stops when every model token is predicted with at least this probability
 MAX_STEPS = 200
 TEMPERATURE = 0.5
+PROMPT_BUDGET = 400
 
 
 def _image(corner, size=(112, 84)) -> Image.Image:
@@ -77,6 +81,9 @@ def _config() -> Config:
     cfg = Config()
     cfg.model.dtype = "float32"
     cfg.data.min_pixels, cfg.data.max_pixels = MIN_PIXELS, MAX_PIXELS
+    # the prompts are 392 tokens: the engine's context must hold the prompt and the trajectory after it,
+    # not one turn (vLLM refused turn 2 when max_model_len was data.max_prompt_tokens + rollout.max_new_tokens)
+    cfg.data.max_prompt_tokens = PROMPT_BUDGET
     cfg.tools = ToolsConfig(names=["zoom_in"])
     cfg.rollout = RolloutConfig(group_size=2, max_new_tokens=48, temperature=TEMPERATURE, micro_batch_size=8)
     cfg.rollout.vllm.enforce_eager, cfg.rollout.vllm.max_num_seqs = True, 32
@@ -201,6 +208,10 @@ def test_greedy_tool_trajectories_on_vllm(setup, monkeypatch):
     s = setup
     one = dataclasses.replace(s.cfg.rollout, group_size=1)
     out = s.vllm.generate(s.prompts, greedy=True, settings=one)
+    assert max(len(p.input_ids) for p in s.prompts) <= PROMPT_BUDGET < max(len(p.input_ids) + len(r.token_ids)
+                                                                          for p, r in zip(s.prompts, out)) - 48
+    # tools.max_turns (4) x rollout.max_new_tokens (48) after the prompt budget
+    assert s.vllm.engine.llm.llm_engine.model_config.max_model_len == PROMPT_BUDGET + 4 * 48
     for k, r in enumerate(out):
         _check_call_trajectory(s, r, k)
     # greedy log-probs are of the untempered distribution; the model's tokens are not all certain
