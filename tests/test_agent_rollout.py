@@ -276,3 +276,14 @@ def test_every_family_trains_on_the_context_it_sampled_in(family, tmp_path, monk
         for row, r in enumerate(out):
             m = r.loss_mask.bool()
             assert (logprobs[row, :len(r.token_ids)][m] - r.logprobs[m]).abs().max() < 1e-4, (family, share)
+
+
+def test_a_vllm_context_shorter_than_a_trajectory_is_refused_with_the_length_it_needs():
+    from rlvr.config import ConfigError, check_config, load_config
+
+    over = ["rollout.engine=vllm", "tools.names=[zoom_in]", "tools.max_turns=3", "rollout.max_new_tokens=100",
+            "data.max_prompt_tokens=500", "data.train_files=[x.jsonl]", "model.name_or_path=m"]
+    with pytest.raises(ConfigError, match="max_model_len=600 is shorter .* = 800"):
+        check_config(load_config(None, over + ["rollout.vllm.max_model_len=600"]))
+    check_config(load_config(None, over + ["rollout.vllm.max_model_len=800"]))
+    check_config(load_config(None, over[1:] + ["rollout.vllm.max_model_len=600"]))  # the HF engine has no such limit

@@ -56,6 +56,18 @@ def batch_problems(cfg: Config) -> list[str]:
     return []
 
 
+def tool_problems(cfg: Config) -> list[str]:
+    """A vLLM context too short for a whole tool trajectory (its later turns read every turn before)."""
+    t, length = cfg.tools, cfg.rollout.vllm.max_model_len
+    if not t.enabled or cfg.rollout.engine != "vllm" or length is None:
+        return []
+    need = cfg.data.max_prompt_tokens + (t.max_total_tokens or t.max_turns * cfg.rollout.max_new_tokens)
+    return [] if length >= need else [
+        f"rollout.vllm.max_model_len={length} is shorter than a tool trajectory can grow: data.max_prompt_tokens + "
+        f"the trajectory budget (tools.max_total_tokens, or tools.max_turns x rollout.max_new_tokens) = {need}; "
+        f"vLLM would refuse its later turns. Raise it to {need} or more, or leave it null to derive it."]
+
+
 def group_problems(cfg: Config) -> list[str]:
     """``rollout.group_size`` for ``algorithm.loss``: RL compares responses to one prompt (2 or more);
     SFT (``rlvr.sft``) trains on one given trajectory per row (1), and has no rewards to filter by."""
@@ -85,7 +97,7 @@ def check_config(cfg: Config, num_processes: int = 1) -> None:
     split, the group size for the loss (``group_problems``), and, once the global batch is sound, its split
     over ``num_processes`` ranks.
     """
-    problems = cfg.problems() + batch_problems(cfg) + group_problems(cfg)
+    problems = cfg.problems() + batch_problems(cfg) + group_problems(cfg) + tool_problems(cfg)
     if not problems:
         problems += process_problems(cfg, num_processes)
     if problems:

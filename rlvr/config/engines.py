@@ -20,7 +20,8 @@ class VLLMConfig:
     sleep_level: int = 1
     enforce_eager: bool = False  # no CUDA graphs: slower decoding, faster start, less memory
     max_num_seqs: int = 256  # sequences decoded together at most
-    # Longest prompt + response, tokens; None = data.max_prompt_tokens + rollout.max_new_tokens
+    # Longest prompt + response, tokens; None = data.max_prompt_tokens + rollout.max_new_tokens (with
+    # tools: + the trajectory's budget, tools.max_total_tokens or tools.max_turns * rollout.max_new_tokens)
     max_model_len: int | None = None
     # Weights are sent to vLLM after each update in buckets of at most this many MiB (ZeRO-3
     # gathers one bucket at a time, so this bounds the extra memory of a sync).
