@@ -4,7 +4,8 @@
         --num_processes 2 tests/agent_forced_train.py --config CONFIG [key=value ...]
 
 Run by ``tests/test_agent_distributed.py`` (not collected by pytest itself). ``RLVR_FORCED_CALLS``
-gives the calls of each rank's trajectories (rank r: the r-th number). ``SeededSampling`` is
+gives the calls of each rank's trajectories (rank r: the r-th number), or is ``image``: one call
+in trajectories whose prompt has an image, none in text-only ones. ``SeededSampling`` is
 replaced by a sampler that writes, on rank r, ``CALL`` while the row has had fewer than that many
 observations, then an answer: "It is 3" on even rows of a generate micro-batch, "It is 33" on odd
 ones (so a group's rewards differ under ``tests.reward_fixtures:odd_length`` and every step
@@ -42,15 +43,18 @@ def forced_sampling(calls_by_rank: list[int], model_dir: str):
     response_open = tokenizer.convert_tokens_to_ids("<tool_response>")
     assert len(encode("<tool_response>")) == 1 and len(encode("</tool_call>")) == 1, "needs --tool-tokens"
 
+    image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
     class Forced(sampling.SeededSampling):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self.calls = calls_by_rank[rank]
+            self.calls = calls_by_rank[rank] if calls_by_rank else None
 
         def script(self, row: int, ids: torch.Tensor) -> list[int]:
             observations = int((ids == response_open).sum())  # the system turn names no <tool_response>
-            return call if observations < self.calls else answers[row % 2]
+            calls = self.calls if self.calls is not None else int(bool((ids == image_pad).any()))
+            return call if observations < calls else answers[row % 2]
 
         def __call__(self, input_ids, scores):
             logp = self.distribution(scores)  # [b, V] the model's own, temperature-scaled
@@ -68,7 +72,8 @@ def main(argv: list[str]) -> int:
     from rlvr.config import load_config, parse_cli
     from rlvr.rollout import hf
 
-    calls = [int(c) for c in os.environ["RLVR_FORCED_CALLS"].split(",")]
+    spec = os.environ["RLVR_FORCED_CALLS"]
+    calls = None if spec == "image" else [int(c) for c in spec.split(",")]
     path, overrides = parse_cli(argv)
     hf.SeededSampling = forced_sampling(calls, load_config(path, overrides).model.name_or_path)
     return run_training(argv)
