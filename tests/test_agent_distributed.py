@@ -4,9 +4,9 @@
 trajectory calls zoom_in once (an image observation) and then answers, on rank 1 every one
 answers at once. Rank 0 then samples a second turn while rank 1 has nothing left: rank 1 must
 make a matching (throwaway) generate call, or the parameter gathers inside rank 0's generate
-go unanswered (``ToolRollout._anyone``). Without that agreement the run fails in seconds (the
-ranks' collectives no longer pair up); a hang would end at trainer.collective_timeout_s, and
-in any case the test kills the run's process group after TIMEOUT_S.
+go unanswered (``ToolRollout._anyone``). Without the ranks' agreement the run fails in seconds
+(their collectives no longer pair up); without the throwaway generate it hangs until
+trainer.collective_timeout_s (300 s here); past TIMEOUT_S the test kills the run and its ranks.
 """
 
 import glob
