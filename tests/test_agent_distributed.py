@@ -4,7 +4,8 @@
 trajectory calls zoom_in once (an image observation) and then answers, on rank 1 every one
 answers at once. Rank 0 then samples a second turn while rank 1 has nothing left: rank 1 must
 make a matching (throwaway) generate call, or the parameter gathers inside rank 0's generate
-go unanswered (``ToolRollout._anyone``). Without the ranks' agreement the run fails in seconds
+go unanswered (``ToolRollout._most``: each turn, as many engine calls on every rank as the busiest
+rank's micro-batches of active trajectories). Without the ranks' agreement the run fails in seconds
 (their collectives no longer pair up); without the throwaway generate it hangs until
 trainer.collective_timeout_s (300 s here); past TIMEOUT_S the test kills the run and its ranks.
 """
@@ -162,10 +163,6 @@ def test_observation_images_on_one_rank_while_the_other_has_only_text(model_dir,
           f"{max(r['rollout/logprob_diff_max'] for r in got):.1e}")
 
 
-@pytest.mark.xfail(run=False, reason="known bug (not run: it hangs until trainer.collective_timeout_s): in "
-                   "rlvr/agent/rollout.py ToolRollout.generate a later turn runs ceil(active / "
-                   "rollout.micro_batch_size) engine micro-batches, so a rank with more active trajectories "
-                   "makes more partitioned-ZeRO-3 forwards than the other (whose throwaway generate is one)")
 def test_more_active_trajectories_than_one_micro_batch(model_dir, data_dir, tmp_path):
     """Rank 0: 2 prompts x 2 samples all call (4 active in turn 2, two micro-batches of 2); rank 1:
     none (one throwaway generate). Every rank must run as many micro-batches as the busiest."""

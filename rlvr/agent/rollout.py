@@ -25,9 +25,10 @@ past ``max_calls`` or ``max_turns`` is not run; an observation that would pass `
 leave no room for another token is not appended; the trajectory ends there with that reason,
 and the reward reads no answer from it (``Response.answer_ids``).
 
-Several processes: each rank loops until every rank's trajectories have ended, so all ranks
-call the engine the same number of times (ZeRO-3's gathers inside generate must match); a rank
-with nothing left samples one token of a throwaway prompt meanwhile.
+Several processes: each turn, every rank calls the engine once per micro-batch
+(``rollout.micro_batch_size``) of the busiest rank's active trajectories, until every rank's have
+ended, so all ranks make the same number of generate calls (ZeRO-3's gathers inside generate must
+match); a rank with fewer samples one token of a throwaway prompt for each call it lacks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 from rlvr.agent.calls import CALL_CLOSE, generation_prefix, observation_turn, parse_tool_call, tool_call_stop
 from rlvr.agent.tools import CallError, ToolRegistry, image_tools
 from rlvr.batch import PromptInputs, Response, Turn, continue_prompt
+from rlvr.distributed import reduce_over_ranks, world_size
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.sampling import mix_seed
 
@@ -185,28 +187,32 @@ class ToolRollout(RolloutEngine):
         turn = 1
         while True:
             active = [t for t in trajectories if t.end_reason is None]
-            if not self._anyone(bool(active)):
+            # Several processes: every rank makes as many generate calls as the busiest one (each is
+            # collective under ZeRO-3), one per micro-batch, as the engine would cut them.
+            size = settings.micro_batch_size if world_size() > 1 else max(len(active), 1)
+            batches = self._most(-(-len(active) // size))
+            if not batches:
                 break
             left = max((budget - t.length for t in active), default=1)
             one = dataclasses.replace(settings, group_size=1, max_new_tokens=min(settings.max_new_tokens, left))
-            if active:
-                turn_seeds = None if seeds is None else [mix_seed(t.seed, turn) for t in active]
-                for t, r in zip(active, self.engine.generate([t.context for t in active], turn_seeds,
-                                                             settings=one, greedy=greedy)):
-                    self._after_turn(t, r, budget)
-            else:  # keep in step with the ranks still rolling out
-                self.engine.generate(prompts[:1], None, settings=dataclasses.replace(one, max_new_tokens=1),
-                                     greedy=True)
+            for b in range(batches):
+                chunk = active[b * size:(b + 1) * size]
+                if chunk:
+                    turn_seeds = None if seeds is None else [mix_seed(t.seed, turn) for t in chunk]
+                    for t, r in zip(chunk, self.engine.generate([t.context for t in chunk], turn_seeds,
+                                                                settings=one, greedy=greedy)):
+                        self._after_turn(t, r, budget)
+                else:  # keep in step with the ranks still rolling out
+                    self.engine.generate(prompts[:1], None, settings=dataclasses.replace(one, max_new_tokens=1),
+                                         greedy=True)
             turn += 1
         return [t.response() for t in trajectories]
 
-    def _anyone(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on some rank."""
-        from rlvr.distributed import reduce_over_ranks, world_size
-
+    def _most(self, n: int) -> int:
+        """The largest ``n`` over the ranks."""
         if world_size() == 1:
-            return flag
-        return bool(reduce_over_ranks(torch.tensor(int(flag), device=self.device), "max").item())
+            return n
+        return int(reduce_over_ranks(torch.tensor(n, device=self.device), "max").item())
 
     def _cut_at_call(self, ids: torch.Tensor) -> int | None:
         """For a tokenizer whose ``</tool_call>`` is several tokens: the length of the shortest
