@@ -92,7 +92,8 @@ synth-demo: demo-assets
 # teacher's verified trajectories -> SFT cold start -> RL with the tool; RL without tools from the
 # same start for comparison; every stage evaluated on the same held-out prompts, then the table.
 tools-assets: $(STAMP)
-	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --tool-tokens --out $(TOOLS_ASSETS)/model
+	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --tool-tokens --hidden-size 128 \
+		--out $(TOOLS_ASSETS)/model
 	$(BIN)/python -m rlvr.devtools.make_tools_demo_data --out $(TOOLS_ASSETS)/data
 	$(BIN)/python -m rlvr.agent.teacher --teacher scripted --config recipes/tools/sft.yaml \
 		--data $(TOOLS_ASSETS)/data/sft_tasks.jsonl --out $(TOOLS_ASSETS)/sft/sft.jsonl
