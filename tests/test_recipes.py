@@ -8,7 +8,8 @@ import pytest
 from rlvr.config import load_config, check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")) + glob.glob(os.path.join(ROOT, "recipes", "tools", "*.yaml")))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))
+                 + glob.glob(os.path.join(ROOT, "recipes", "tools", "*.yaml")))
 
 
 def test_there_are_recipes():
