@@ -71,7 +71,7 @@ class TrajectoryBudget:
         if not tools.enabled:
             return cls(turn_tokens=turn)
         # as rlvr.agent.rollout.ToolRollout budgets a trajectory
-        return cls(turn_tokens=turn, total_tokens=tools.max_total_tokens or tools.max_turns * turn,
+        return cls(turn_tokens=turn, total_tokens=tools.trajectory_tokens(turn),
                    calls=tools.max_calls, turns=tools.max_turns, images=tools.max_images)
 
 

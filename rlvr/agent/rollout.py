@@ -170,7 +170,7 @@ class ToolRollout(RolloutEngine):
         self.engine.close()
 
     def budget(self, settings) -> int:
-        return self.tools.max_total_tokens or self.tools.max_turns * settings.max_new_tokens
+        return self.tools.trajectory_tokens(settings.max_new_tokens)
 
     def generate(self, prompts, seeds=None, *, settings=None, greedy=False) -> list[Response]:
         settings = settings or self.settings

@@ -61,7 +61,7 @@ def tool_problems(cfg: Config) -> list[str]:
     t, length = cfg.tools, cfg.rollout.vllm.max_model_len
     if not t.enabled or cfg.rollout.engine != "vllm" or length is None:
         return []
-    need = cfg.data.max_prompt_tokens + (t.max_total_tokens or t.max_turns * cfg.rollout.max_new_tokens)
+    need = cfg.data.max_prompt_tokens + t.trajectory_tokens(cfg.rollout.max_new_tokens)
     return [] if length >= need else [
         f"rollout.vllm.max_model_len={length} is shorter than a tool trajectory can grow: data.max_prompt_tokens + "
         f"the trajectory budget (tools.max_total_tokens, or tools.max_turns x rollout.max_new_tokens) = {need}; "

@@ -39,6 +39,10 @@ class ToolsConfig:
     def enabled(self) -> bool:
         return bool(self.names or self.services)
 
+    def trajectory_tokens(self, max_new_tokens: int) -> int:
+        """Tokens a trajectory may hold after the prompt, with ``rollout.max_new_tokens`` per turn."""
+        return self.max_total_tokens or self.max_turns * max_new_tokens
+
     def problems(self) -> Problems:
         p = Problems()
         for name in self.names:

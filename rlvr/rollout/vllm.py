@@ -78,7 +78,7 @@ def engine_kwargs(cfg, accelerator=None) -> dict:
         max_num_seqs=vcfg.max_num_seqs,
         # with tools, a trajectory's later turns read the prompt and every turn before (ToolRollout.budget)
         max_model_len=vcfg.max_model_len or cfg.data.max_prompt_tokens + (
-            (cfg.tools.max_total_tokens or cfg.tools.max_turns * cfg.rollout.max_new_tokens) if cfg.tools.enabled
+            cfg.tools.trajectory_tokens(cfg.rollout.max_new_tokens) if cfg.tools.enabled
             else cfg.rollout.max_new_tokens),
         # Each request carries its own seed; this one only seeds what vLLM draws without one.
         seed=cfg.trainer.seed + rank,
