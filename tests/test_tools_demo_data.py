@@ -118,3 +118,28 @@ def test_the_square_is_illegible_at_the_recipes_pixel_budget_and_legible_after_z
     assert max(shares) < 0.03, shares
     # the square is 64x64 of the 96x96 zoom; bicubic overshoot at its edges leaves ~52x52 exactly its colour (0.29)
     assert min(zoom_shares) > 0.25, zoom_shares
+
+
+def test_margin_0_zooms_into_the_square_alone_and_sft_quadrants_limit_the_cold_start(tmp_path):
+    main(["--out", str(tmp_path), "--train", "12", "--val", "4", "--sft", "12", "--seed", "5", "--margin", "0",
+          "--sft-quadrants", "top-left", "bottom-left"])
+    # 104 * 1000 / 448 = 232.1 -> 233 (rounded up), 120 * 1000 / 448 = 267.9 -> 267: exactly pixels 104..120
+    assert target_box("top-left", margin=0) == [233, 233, 267, 267]
+    sft = _rows(tmp_path, "sft_tasks")
+    assert {r["quadrant"] for r in sft} == {"top-left", "bottom-left"}
+    assert {r["quadrant"] for r in _rows(tmp_path)} == set(QUADRANTS)  # RL rows ask about all four
+    for row in sft + _rows(tmp_path):
+        assert row["target_box"] == target_box(row["quadrant"], margin=0)
+        image = Image.open(tmp_path / row["images"][0]).convert("RGB")
+        assert box_pixels(row["target_box"], 448, 448) == square_pixels(row["quadrant"])
+        zoomed, _ = ZoomIn().apply(image, row["target_box"], 4)
+        assert zoomed.size == (64, 64)
+        colours = {tuple(c) for c in np.asarray(zoomed).reshape(-1, 3).tolist()}
+        assert len(colours) == 1 and _near(colours.pop(), int(row["answer"]))  # one flat colour: the answer's
+
+
+def test_bad_quadrants_and_margins_refused(tmp_path, capsys):
+    for bad in (["--sft-quadrants", "middle"], ["--margin", "-1"], ["--margin", "17"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path)] + bad)
+        assert bad[0] in capsys.readouterr().err

@@ -87,26 +87,35 @@ def draw_image(colours: dict[str, tuple[int, int, int]], noise: np.random.Genera
     return image
 
 
-def make_split(out: str, split: str, n: int, seed: int, digits: list[int]) -> str:
+def make_split(out: str, split: str, n: int, seed: int, digits: list[int], margin: int = MARGIN,
+               quadrants: list[str] | None = None, double_zoom: float = 0.0) -> str:
     """``n`` rows of ``split`` with their images; row i asks about digit ``digits[i % len(digits)]``
-    (answers balanced) in a random quadrant, the other squares taking three other digits."""
+    (answers balanced) in a random quadrant of ``quadrants`` (default: all four), the other squares
+    taking three other digits. A ``double_zoom`` share of the rows (drawn from a stream of their
+    own) carry ``teacher_zooms: 2``: the scripted teacher zooms twice on them."""
     if len(digits) < len(QUADRANTS):
         raise ValueError(f"need at least {len(QUADRANTS)} digits (one per square), got {len(digits)}")
+    asked = list(QUADRANTS) if quadrants is None else list(quadrants)
+    if not asked or any(q not in QUADRANTS for q in asked):
+        raise ValueError(f"quadrants must be some of {', '.join(QUADRANTS)}; got {quadrants}")
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rng = random.Random(f"{seed}-{split}")  # a string seed: each split its own stream
     noise = np.random.default_rng(rng.randrange(2**63))
+    twice = random.Random(f"{seed}-{split}-zooms")
     path = os.path.join(out, f"{split}.jsonl")
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             digit = digits[i % len(digits)]
-            quadrant = rng.choice(list(QUADRANTS))
+            quadrant = rng.choice(asked)
             others = rng.sample([d for d in digits if d != digit], len(QUADRANTS) - 1)
             placed = iter(others)
             colours = {q: jittered(digit if q == quadrant else next(placed), rng) for q in QUADRANTS}
             name = f"images/{split}_{i:05d}.png"
             draw_image(colours, noise).save(os.path.join(out, name))
             row = {"id": f"{split}-{i}", "question": QUESTION.format(quadrant=quadrant), "answer": str(digit),
-                   "images": [name], "source": SOURCE, "quadrant": quadrant, "target_box": target_box(quadrant)}
+                   "images": [name], "source": SOURCE, "quadrant": quadrant, "target_box": target_box(quadrant, margin=margin)}
+            if double_zoom > 0:
+                row["teacher_zooms"] = 2 if twice.random() < double_zoom else 1
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -120,14 +129,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits", type=int, default=5, choices=range(len(QUADRANTS), MAX_DIGITS + 1),
                         metavar=f"{len(QUADRANTS)}..{MAX_DIGITS}",
                         help="how many digits (colours) the task uses, from 0 up; 8 and 9 are greys, never used")
+    parser.add_argument("--margin", type=int, default=MARGIN, choices=range(0, SQUARE + 1), metavar=f"0..{SQUARE}",
+                        help="pixels of noise around the square inside target_box (what zoom_in shows of the noise)")
+    parser.add_argument("--sft-quadrants", nargs="+", default=list(QUADRANTS), choices=list(QUADRANTS),
+                        metavar="QUADRANT", help="the quadrants sft_tasks.jsonl asks about (the cold start's coverage; "
+                        "train and val rows ask about all four); default: all four")
+    parser.add_argument("--sft-double-zoom", type=float, default=0.0, metavar="SHARE",
+                        help="share of sft_tasks.jsonl rows on which the scripted teacher zooms twice before answering "
+                        "(teacher_zooms: 2), a teacher less frugal than a one-call budget; default 0")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not 0.0 <= args.sft_double_zoom <= 1.0:
+        parser.error(f"--sft-double-zoom must be a share in [0, 1], got {args.sft_double_zoom}")
     for name in ("train", "val", "sft"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     digits = list(range(args.digits))
     for split, n in (("train", args.train), ("val", args.val), ("sft_tasks", args.sft)):
-        path = make_split(args.out, split, n, args.seed, digits)
+        cold = split == "sft_tasks"
+        path = make_split(args.out, split, n, args.seed, digits, args.margin, args.sft_quadrants if cold else None,
+                          args.sft_double_zoom if cold else 0.0)
         print(f"wrote {n} rows to {path}")
 
 
