@@ -19,15 +19,17 @@ class ZoomSolver:
     """The tools demo's teacher (``rlvr.devtools.make_tools_demo_data``), a ``ScriptedClient`` responder.
 
     Turn 1: zoom into the row's ``target_box`` by 4 (the one fixed call per quadrant; it knows
-    where the square is, as a person reading the question does, not what colour it has). Turn 2:
-    the zoomed image's pixels vote for their nearest digit colour (within ``max_dist``); the
-    winner is the answer, written for ``answer_extraction`` ("7", or "\\boxed{7}"). An error
-    observation (no image) makes it call again. No square colour found: "I cannot tell."
+    where the square is, as a person reading the question does, not what colour it has). A row
+    whose ``zooms`` (prompt key -> count, default 1) is 2 makes it look again: the same call once
+    more after the first image (a teacher less frugal than the run's budget). Then the last zoomed
+    image's pixels vote for their nearest digit colour (within ``max_dist``); the winner is the
+    answer, written for ``answer_extraction`` ("7", or "\\boxed{7}"). An error observation (no
+    image) makes it call again. No square colour found: "I cannot tell."
     """
 
     def __init__(self, boxes: dict[str, list], digits: dict[int, tuple], answer_extraction: str = "last_number",
-                 max_dist: float = 60.0):
-        self.boxes, self.max_dist = boxes, max_dist
+                 max_dist: float = 60.0, zooms: dict[str, int] | None = None):
+        self.boxes, self.max_dist, self.zooms = boxes, max_dist, zooms or {}
         self.digits = sorted(digits)
         self.palette = np.array([digits[d] for d in self.digits], dtype=np.float32)  # [D, 3]
         self.answer_format = "\\boxed{{{}}}" if answer_extraction == "boxed" else "{}"
@@ -48,15 +50,24 @@ class ZoomSolver:
         return self.digits[int(votes.argmax())] if votes.max() > 0 else None
 
     def __call__(self, request: ChatRequest) -> list[str]:
+        prompt = [m for m in request.messages if m["role"] in ("system",)] + \
+                 [next(m for m in request.messages if m["role"] == "user")]
+        key = self.key(prompt)
+        seen = []  # the images of the observations so far (user turns after the first assistant turn)
+        started = False
+        for message in request.messages:
+            started = started or message["role"] == "assistant"
+            if started and message["role"] == "user" and isinstance(message["content"], list):
+                seen += [p["image"] for p in message["content"] if p.get("type") == "image"]
         last = request.messages[-1]
-        images = [p["image"] for p in last["content"] if p.get("type") == "image"] if isinstance(last["content"], list) else []
-        if last["role"] == "user" and images and any(m["role"] == "assistant" for m in request.messages):
-            digit = self.read_digit(images[-1] if isinstance(images[-1], Image.Image) else Image.open(images[-1]))
+        fresh = last["role"] == "user" and started and isinstance(last["content"], list) and \
+            any(p.get("type") == "image" for p in last["content"])
+        if fresh and len(seen) >= self.zooms.get(key, 1):
+            image = seen[-1]
+            digit = self.read_digit(image if isinstance(image, Image.Image) else Image.open(image))
             text = "I cannot tell." if digit is None else self.answer_format.format(digit)
         else:
-            prompt = [m for m in request.messages if m["role"] in ("system",)] + \
-                     [next(m for m in request.messages if m["role"] == "user")]
-            text = self.call_text(self.boxes[self.key(prompt)])
+            text = self.call_text(self.boxes[key])
         return [text] * request.n
 
 
@@ -67,7 +78,7 @@ def scripted_client(tasks, teacher, cfg):
     from rlvr.devtools.make_tools_demo_data import MAX_DIGITS
     from rlvr.synth.client import ScriptedClient
 
-    boxes = {}
+    boxes, zooms = {}, {}
     for row, example in tasks:
         if not (isinstance(row.get("target_box"), list) and len(row["target_box"]) == 4):
             raise SystemExit(f"teacher: --teacher scripted needs a target_box [x1, y1, x2, y2] on every row; "
@@ -75,4 +86,9 @@ def scripted_client(tasks, teacher, cfg):
         prompt = teacher.prompt_messages(example)
         key = [m for m in prompt if m["role"] == "system"] + [next(m for m in prompt if m["role"] == "user")]
         boxes[ZoomSolver.key(key)] = row["target_box"]
-    return ScriptedClient(ZoomSolver(boxes, {d: COLOURS[d] for d in range(MAX_DIGITS)}, cfg.reward.answer_extraction))
+        zooms[ZoomSolver.key(key)] = row.get("teacher_zooms", 1)
+        if zooms[ZoomSolver.key(key)] not in (1, 2):
+            raise SystemExit(f"teacher: --teacher scripted: row {example.id} has teacher_zooms "
+                             f"{row['teacher_zooms']!r}; it must be 1 or 2")
+    return ScriptedClient(ZoomSolver(boxes, {d: COLOURS[d] for d in range(MAX_DIGITS)}, cfg.reward.answer_extraction,
+                                     zooms=zooms))
