@@ -95,7 +95,7 @@ synth-demo: demo-assets
 tools-assets: $(STAMP)
 	$(BIN)/python -m rlvr.devtools.make_tiny_model --family qwen2_5_vl --tool-tokens --hidden-size 128 \
 		--out $(TOOLS_ASSETS)/model
-	$(BIN)/python -m rlvr.devtools.make_tools_demo_data --out $(TOOLS_ASSETS)/data
+	$(BIN)/python -m rlvr.devtools.make_tools_demo_data --out $(TOOLS_ASSETS)/data --margin 0 --sft-double-zoom 0.5
 	$(BIN)/python -m rlvr.agent.teacher --teacher scripted --config recipes/tools/sft.yaml \
 		--data $(TOOLS_ASSETS)/data/sft_tasks.jsonl --out $(TOOLS_ASSETS)/sft/sft.jsonl
 
@@ -103,6 +103,8 @@ demo-tools: tools-assets
 	$(BIN)/python -m rlvr.evaluate --model $(TOOLS_ASSETS)/model --config recipes/tools/rl.yaml \
 		--data $(TOOLS_ASSETS)/data/val.jsonl --out $(TOOLS_RUN)/base --samples 0
 	$(BIN)/python launch/train.py --config recipes/tools/sft.yaml output_dir=$(TOOLS_RUN)/sft
+	$(BIN)/python -m rlvr.evaluate --model $(TOOLS_RUN)/sft/final --config recipes/tools/rl.yaml \
+		--data $(TOOLS_ASSETS)/data/val.jsonl --out $(TOOLS_RUN)/sft-budget --samples 0
 	$(BIN)/python launch/train.py --config recipes/tools/rl.yaml output_dir=$(TOOLS_RUN)/sft-rl \
 		model.name_or_path=$(TOOLS_RUN)/sft/final
 	$(BIN)/python launch/train.py --config recipes/tools/rl.yaml output_dir=$(TOOLS_RUN)/rl-no-tools tools.names=[]
