@@ -205,6 +205,29 @@ def test_the_command_writes_sft_jsonl_that_round_trips(data, tmp_path, capsys):
         assert row["messages"][2]["content"] == src["answer"]
 
 
+def test_rows_with_teacher_zooms_2_get_two_identical_calls_then_the_answer(tmp_path):
+    make_data(["--out", str(tmp_path / "d"), "--train", "0", "--val", "0", "--sft", "12", "--seed", "2",
+               "--margin", "0", "--sft-double-zoom", "0.5"])
+    source = read_jsonl(tmp_path / "d" / "sft_tasks.jsonl")
+    twice = [r["teacher_zooms"] == 2 for r in source]
+    assert 0 < sum(twice) < len(source)  # both kinds among 12 rows (seed 2)
+    out = tmp_path / "sft.jsonl"
+    budget = ["tools.max_calls=2", "tools.max_turns=3", "tools.max_images=2", "tools.max_total_tokens=512"]
+    report = main(["--data", str(tmp_path / "d" / "sft_tasks.jsonl"), "--out", str(out), "--teacher", "scripted",
+                   *OVERRIDES, *budget])
+    assert report.kept == 12 and report.calls == {1: twice.count(False), 2: twice.count(True)}
+    for row, src, double in zip(read_jsonl(out), source, twice):
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == (["assistant", "tool"] * (2 if double else 1)) + ["assistant"]
+        calls = [m["content"] for m in row["messages"] if m["role"] == "assistant"][:-1]
+        assert calls == [call(src["target_box"]).replace("Zoom.", "")] * len(calls)
+        assert row["messages"][-1]["content"] == src["answer"]
+    # under a one-call budget the teacher's second call ends the trajectory: dropped, counted
+    report = main(["--data", str(tmp_path / "d" / "sft_tasks.jsonl"), "--out", str(tmp_path / "one.jsonl"),
+                   "--teacher", "scripted", *OVERRIDES, "tools.max_calls=1"])
+    assert report.kept == twice.count(False) and sum(report.dropped.values()) == twice.count(True)
+
+
 def test_bad_rows_are_skipped_and_counted_and_a_missing_target_box_is_a_message(data, tmp_path, capsys):
     good = read_jsonl(data / "sft_tasks.jsonl")[0]
     good["images"] = [str(data / good["images"][0])]
