@@ -48,8 +48,9 @@ def last_eval(run_dir: str) -> dict | None:
     return found
 
 
-def training_curve(run_dir: str, points: int = 8) -> list[tuple[int, float, float]]:
-    """(step, tools/calls_per_sample, reward/mean) at about ``points`` evenly spread steps."""
+def training_curve(run_dir: str, points: int = 8) -> list[tuple[int, float, float, float]]:
+    """(step, tools/calls_per_sample, share of trajectories a budget ended (the ``tools/end/max_*``
+    metrics summed), reward/mean) at about ``points`` evenly spread steps."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
@@ -59,8 +60,9 @@ def training_curve(run_dir: str, points: int = 8) -> list[tuple[int, float, floa
     if not rows:
         return []
     picks = sorted({round(i * (len(rows) - 1) / max(points - 1, 1)) for i in range(points)})
-    return [(int(rows[i]["step"]), rows[i]["tools/calls_per_sample"], rows[i].get("reward/mean", float("nan")))
-            for i in picks]
+    return [(int(rows[i]["step"]), rows[i]["tools/calls_per_sample"],
+             sum(v for k, v in rows[i].items() if k.startswith("tools/end/max_")),
+             rows[i].get("reward/mean", float("nan"))) for i in picks]
 
 
 def budget_share(run_dir: str, result: dict) -> float | None:
@@ -98,9 +100,9 @@ def report(run_dir: str, margin: float) -> int:
               f"{_fmt(ended):>13s}")
     curve = training_curve(os.path.join(run_dir, "sft-rl"))
     if curve:
-        print("\n(c) over RL training: step, tool calls per sample, batch reward")
-        for step, calls, reward in curve:
-            print(f"  step {step:4d}  calls {calls:5.2f}  reward {reward:5.3f}")
+        print("\n(c) over RL training: step, tool calls per sample, share ended by a budget, batch reward")
+        for step, calls, ended, reward in curve:
+            print(f"  step {step:4d}  calls {calls:5.2f}  budget-ended {ended:5.3f}  reward {reward:5.3f}")
     score = {key: (results[key] or {}).get("eval/pass@1") for key, _ in ROWS}
     if None in (score["rl-no-tools"], score["sft-budget"], score["sft-rl"]):
         print("\nincomplete: a stage has no evaluation")
