@@ -11,8 +11,13 @@ whose colour that square has.
 Why a tool is needed: the tools recipe shrinks images to data.max_pixels = 112*112, so a
 square becomes 4x4 pixels of a 112x112 image, blurred into the noise (under 3% of the 28x28
 pixels one merged image token sees). ``zoom_in`` on the row's ``target_box`` (the square
-plus a MARGIN-pixel frame, in the 0-1000 coordinates of ``rlvr.agent.tools``) returns a
-96x96 image that is two thirds the square's colour.
+plus a ``--margin``-pixel frame, MARGIN by default, in the 0-1000 coordinates of
+``rlvr.agent.tools``) by 4 returns a 96x96 image two thirds the square's colour; with
+``--margin 0`` (``make demo-tools``) a 64x64 image of the square's colour alone.
+
+The cold start's tasks can differ from the RL prompts: ``--sft-quadrants`` limits the quadrants
+they ask about, and ``--sft-double-zoom`` marks a share of them ``teacher_zooms: 2`` (the scripted
+teacher zooms twice before answering; the demo's RL budget allows one call).
 
 Files: ``train.jsonl`` (RL prompts), ``val.jsonl`` (held-out prompts for the evaluation),
 ``sft_tasks.jsonl`` (the questions the teacher solves for the SFT cold start,
