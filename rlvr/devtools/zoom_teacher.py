@@ -35,8 +35,10 @@ class ZoomSolver:
         self.answer_format = "\\boxed{{{}}}" if answer_extraction == "boxed" else "{}"
 
     @staticmethod
-    def key(prompt: list[dict]) -> str:
-        """A prompt's identity: its messages with image parts as their paths."""
+    def key(messages: list[dict]) -> str:
+        """A prompt's identity: its system turn(s) and first user turn, image parts as their paths
+        (the same for every request of a trajectory)."""
+        prompt = [m for m in messages if m["role"] == "system"] + [next(m for m in messages if m["role"] == "user")]
         return json.dumps(prompt, default=lambda v: f"<{type(v).__name__}>", sort_keys=True)
 
     def call_text(self, box: list) -> str:
@@ -50,9 +52,7 @@ class ZoomSolver:
         return self.digits[int(votes.argmax())] if votes.max() > 0 else None
 
     def __call__(self, request: ChatRequest) -> list[str]:
-        prompt = [m for m in request.messages if m["role"] in ("system",)] + \
-                 [next(m for m in request.messages if m["role"] == "user")]
-        key = self.key(prompt)
+        key = self.key(request.messages)
         seen = []  # the images of the observations so far (user turns after the first assistant turn)
         started = False
         for message in request.messages:
@@ -83,11 +83,9 @@ def scripted_client(tasks, teacher, cfg):
         if not (isinstance(row.get("target_box"), list) and len(row["target_box"]) == 4):
             raise SystemExit(f"teacher: --teacher scripted needs a target_box [x1, y1, x2, y2] on every row; "
                              f"row {example.id} has {row.get('target_box')!r} (rows of make_tools_demo_data have it)")
-        prompt = teacher.prompt_messages(example)
-        key = [m for m in prompt if m["role"] == "system"] + [next(m for m in prompt if m["role"] == "user")]
-        boxes[ZoomSolver.key(key)] = row["target_box"]
-        zooms[ZoomSolver.key(key)] = row.get("teacher_zooms", 1)
-        if zooms[ZoomSolver.key(key)] not in (1, 2):
+        key = ZoomSolver.key(teacher.prompt_messages(example))
+        boxes[key], zooms[key] = row["target_box"], row.get("teacher_zooms", 1)
+        if zooms[key] not in (1, 2):
             raise SystemExit(f"teacher: --teacher scripted: row {example.id} has teacher_zooms "
                              f"{row['teacher_zooms']!r}; it must be 1 or 2")
     return ScriptedClient(ZoomSolver(boxes, {d: COLOURS[d] for d in range(MAX_DIGITS)}, cfg.reward.answer_extraction,
